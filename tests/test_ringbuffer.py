@@ -1,0 +1,149 @@
+import threading
+
+import pytest
+
+from flowagg.ringbuffer import Closed, Full, RingBuffer
+from tests.conftest import WAIT_TIMEOUT
+
+
+def test_take_from_empty_returns_nothing_without_waiting():
+    buf = RingBuffer(4)
+    assert buf.take_all(timeout=0) == ([], 0)
+
+
+def test_fifo_order_and_sequence_numbers():
+    buf = RingBuffer(8)
+    assert buf.put_many([1, 2, 3]) == 3
+    assert buf.put_many([4]) == 4
+    assert len(buf) == 4
+    assert buf.take_all(timeout=0) == ([1, 2, 3, 4], 4)
+    assert len(buf) == 0
+    assert buf.take_all(timeout=0) == ([], 4)
+
+
+def test_wrap_around_keeps_order():
+    buf = RingBuffer(5)
+    buf.put_many([1, 2, 3])
+    assert buf.take_all(0)[0] == [1, 2, 3]
+    # head is at slot 3: this batch wraps past the end of the slot list
+    assert buf.put_many([4, 5, 6, 7]) == 7
+    assert buf.take_all(0) == ([4, 5, 6, 7], 7)
+    buf.put_many([8, 9, 10, 11, 12])  # exactly full, wrapping again
+    assert buf.take_all(0) == ([8, 9, 10, 11, 12], 12)
+
+
+def test_taken_slots_are_cleared():
+    buf = RingBuffer(3)
+    buf.put_many([object(), object()])
+    buf.take_all(0)
+    assert buf._slots == [None, None, None]
+
+
+def test_full_buffer_put_times_out_and_puts_nothing():
+    buf = RingBuffer(3)
+    buf.put_many([1, 2])
+    with pytest.raises(Full):
+        buf.put_many([3, 4], timeout=0)
+    with pytest.raises(Full):
+        buf.put_many([3, 4], timeout=0.01)
+    assert buf.take_all(0) == ([1, 2], 2)
+
+
+def test_batch_larger_than_capacity_is_refused():
+    with pytest.raises(ValueError):
+        RingBuffer(2).put_many([1, 2, 3])
+
+
+def test_negative_timeout_is_an_error():
+    buf = RingBuffer(2)
+    with pytest.raises(ValueError):
+        buf.put_many([1], timeout=-1)
+    with pytest.raises(ValueError):
+        buf.take_all(timeout=-1)
+
+
+def test_blocking_put_waits_for_room():
+    buf = RingBuffer(2)
+    buf.put_many([1, 2])
+    started, returned = threading.Event(), threading.Event()
+    result = []
+
+    def producer():
+        started.set()
+        result.append(buf.put_many([3, 4], timeout=WAIT_TIMEOUT))
+        returned.set()
+
+    t = threading.Thread(target=producer)
+    t.start()
+    try:
+        assert started.wait(WAIT_TIMEOUT)
+        # The put cannot have returned: there is no room until we take.
+        assert not returned.is_set()
+        assert buf.take_all(0)[0] == [1, 2]
+        assert returned.wait(WAIT_TIMEOUT)
+        assert result == [4]
+        assert buf.take_all(0) == ([3, 4], 4)
+    finally:
+        t.join(WAIT_TIMEOUT)
+
+
+def test_blocking_take_wakes_on_put():
+    buf = RingBuffer(4)
+    got = []
+    t = threading.Thread(target=lambda: got.append(buf.take_all(timeout=WAIT_TIMEOUT)))
+    t.start()
+    try:
+        buf.put_many(["x"])
+    finally:
+        t.join(WAIT_TIMEOUT)
+    assert got == [(["x"], 1)]
+
+
+def test_close_refuses_puts_keeps_pending_and_wakes_waiters():
+    buf = RingBuffer(1)
+    buf.put_many([1])
+    errors = []
+
+    def blocked_producer():
+        try:
+            buf.put_many([2], timeout=WAIT_TIMEOUT)
+        except Closed as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=blocked_producer)
+    t.start()
+    buf.close()
+    t.join(WAIT_TIMEOUT)
+    assert not t.is_alive() and len(errors) == 1
+    with pytest.raises(Closed):
+        buf.put_many([3])
+    assert buf.take_all(timeout=WAIT_TIMEOUT) == ([1], 1)
+    assert buf.take_all(timeout=WAIT_TIMEOUT) == ([], 1)  # closed: returns at once
+
+
+def test_many_producers_each_item_taken_exactly_once():
+    buf = RingBuffer(16)
+    producers, per_producer = 6, 500
+    barrier = threading.Barrier(producers + 1)
+    taken = []
+
+    def produce(p):
+        barrier.wait(WAIT_TIMEOUT)
+        for i in range(0, per_producer, 5):
+            buf.put_many([(p, i + k) for k in range(5)], timeout=WAIT_TIMEOUT)
+
+    threads = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
+    for t in threads:
+        t.start()
+    try:
+        barrier.wait(WAIT_TIMEOUT)
+        while len(taken) < producers * per_producer:
+            items, _ = buf.take_all(timeout=WAIT_TIMEOUT)
+            assert items, "producers stalled"
+            taken.extend(items)
+    finally:
+        for t in threads:
+            t.join(WAIT_TIMEOUT)
+    assert sorted(taken) == sorted((p, i) for p in range(producers) for i in range(per_producer))
+    for p in range(producers):  # each producer's items stay in its order
+        assert [i for q, i in taken if q == p] == list(range(per_producer))

@@ -1,0 +1,96 @@
+"""Settings: every default in one place, overridden by ``FLOWAGG_*`` environment variables.
+
+Each setting is a Flask config key of the same name as its environment variable. Values from the
+environment and from a test config pass through the same parser, so ``FLOWAGG_PARTITIONS=0`` or
+``=abc`` stops start-up with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PREFIX = "FLOWAGG_"
+
+
+class ConfigError(ValueError):
+    """A setting has an invalid value; the message names the variable."""
+
+
+def _int_at_least(minimum: int) -> Callable[[Any], int]:
+    def parse(raw: Any) -> int:
+        if isinstance(raw, bool):
+            raise ValueError("expected an integer")
+        if isinstance(raw, str):
+            text = raw.strip()
+            if not text.isascii() or not text.lstrip("-").isdigit():
+                raise ValueError("expected an integer")
+            raw = int(text)
+        if not isinstance(raw, int):
+            raise ValueError("expected an integer")
+        if raw < minimum:
+            raise ValueError(f"must be >= {minimum}")
+        return raw
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # environment variable and config key
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str  # one line for the README's table
+
+
+SETTINGS = (
+    Setting(
+        "FLOWAGG_PARTITIONS",
+        8,
+        _int_at_least(1),
+        "Number of partitions; flows of hour H go to partition H % N.",
+    ),
+    Setting(
+        "FLOWAGG_BUFFER_CAPACITY",
+        262_144,
+        _int_at_least(1),
+        "Flows each partition's ring buffer holds before POSTs wait for the drainer.",
+    ),
+    Setting(
+        "FLOWAGG_MAX_BODY_BYTES",
+        64 * 1024 * 1024,
+        _int_at_least(1),
+        "Largest accepted POST body in bytes; larger bodies get 413 unread.",
+    ),
+    Setting(
+        "FLOWAGG_READ_TIMEOUT_MS",
+        10_000,
+        _int_at_least(1),
+        "How long a GET waits for its partition to apply earlier POSTs before answering 503.",
+    ),
+)
+
+DEFAULTS = {s.name: s.default for s in SETTINGS}
+
+
+def resolve(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> dict:
+    """Defaults, then ``FLOWAGG_*`` variables from ``environ``, then ``overrides``; all parsed."""
+    values: dict[str, Any] = dict(DEFAULTS)
+    for setting in SETTINGS:
+        if setting.name in environ:
+            values[setting.name] = _parse(setting, environ[setting.name])
+    for name, raw in (overrides or {}).items():
+        setting = next((s for s in SETTINGS if s.name == name), None)
+        values[name] = raw if setting is None else _parse(setting, raw)
+    unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in DEFAULTS)
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]} (known: {', '.join(DEFAULTS)})")
+    return values
+
+
+def _parse(setting: Setting, raw: Any) -> Any:
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{setting.name}={raw!r}: {exc}") from None

@@ -1,0 +1,196 @@
+"""One partition: a ring buffer, the drainer thread that empties it, and the table it fills.
+
+Request threads ``enqueue`` validated flows into the buffer and return at once. The drainer takes
+everything pending in one go, sums it per (hour, key) outside any lock, then merges the sums into
+the table under the write lock, and only then publishes how far it got (``applied_seq``).
+
+Read-your-writes: a reader notes the buffer's sequence number when it arrives and waits until
+``applied_seq`` reaches it. Because ``applied_seq`` moves only after the merge, a reader never sees
+"buffer empty" while the last batch is still being aggregated (the C++ original's bug). A reader
+waits for its own partition only, and writers are never paused beyond the merge itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from flowagg.ringbuffer import RingBuffer, deadline_after, remaining
+from flowagg.rwlock import RWLock
+from flowagg.schema import Flow
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str, str]  # (src_app, dest_app, vpc_id): a tuple, never a joined string
+Row = tuple[str, str, str, int, int]  # key + (bytes_tx, bytes_rx)
+Table = dict[int, dict[Key, list[int]]]  # hour -> key -> [bytes_tx, bytes_rx]
+
+# Pause after a failed drain step before the next try, so a persistent fault does not spin.
+RETRY_BACKOFF_S = 0.05
+
+
+class ReadTimeout(Exception):
+    """The partition did not apply earlier writes in time; the read was not answered."""
+
+
+class Partition:
+    def __init__(self, index: int, buffer_capacity: int) -> None:
+        self.index = index
+        self.buffer: RingBuffer[Flow] = RingBuffer(buffer_capacity)
+        # Guards _tables: readers copy rows out, the drainer merges batches in.
+        self.lock = RWLock()
+        self._tables: Table = {}
+        # Guards _applied_seq; `applied` is notified by the drainer after each merge.
+        self._progress = threading.Lock()
+        self.applied = threading.Condition(self._progress)
+        self._applied_seq = 0
+        # Flows taken from the buffer whose merge failed: retried first, never dropped.
+        # Touched only by the thread running drain_once.
+        self._retry: list[Flow] = []
+        self._thread: threading.Thread | None = None
+
+    # -- producers -------------------------------------------------------------------------
+
+    def enqueue(self, flows: Sequence[Flow], timeout: float | None = None) -> int:
+        """Put ``flows`` in the buffer; returns the sequence number of the last one.
+
+        A part larger than the whole buffer goes in buffer-sized chunks, each waiting for room.
+        """
+        cap = self.buffer.capacity
+        if len(flows) <= cap:
+            return self.buffer.put_many(flows, timeout)
+        seq = 0
+        for start in range(0, len(flows), cap):
+            seq = self.buffer.put_many(flows[start : start + cap], timeout)
+        return seq
+
+    # -- the drainer -----------------------------------------------------------------------
+
+    def drain_once(self, timeout: float | None = 0.0) -> int:
+        """Take everything pending (waiting up to ``timeout`` for something) and apply it.
+
+        Returns the number of flows applied. This is the whole of the drainer's work, so tests
+        can step a partition synchronously without starting its thread.
+        """
+        batch, seq = self.buffer.take_all(0.0 if self._retry else timeout)
+        if self._retry:
+            batch = self._retry + batch
+        if batch:
+            self._retry = batch  # kept until merged, so an exception below loses nothing
+            self._merge(self._sum(batch))
+            self._retry = []
+        self._publish(seq)
+        return len(batch)
+
+    def _sum(self, batch: list[Flow]) -> Table:
+        """Sum a batch per hour and key, outside any lock."""
+        sums: Table = {}
+        for flow in batch:
+            rows = sums.get(flow.hour)
+            if rows is None:
+                rows = sums[flow.hour] = {}
+            key = (flow.src_app, flow.dest_app, flow.vpc_id)
+            counters = rows.get(key)
+            if counters is None:
+                rows[key] = [flow.bytes_tx, flow.bytes_rx]
+            else:
+                counters[0] += flow.bytes_tx
+                counters[1] += flow.bytes_rx
+        return sums
+
+    def _merge(self, sums: Table) -> None:
+        """Add a batch's sums to the table under the write lock (nothing here can fail midway)."""
+        with self.lock.write_lock():
+            for hour, rows in sums.items():
+                table = self._tables.get(hour)
+                if table is None:
+                    self._tables[hour] = rows
+                    continue
+                for key, delta in rows.items():
+                    counters = table.get(key)
+                    if counters is None:
+                        table[key] = delta
+                    else:
+                        counters[0] += delta[0]
+                        counters[1] += delta[1]
+
+    def _publish(self, seq: int) -> None:
+        with self._progress:
+            if seq > self._applied_seq and not self._retry:
+                self._applied_seq = seq
+                self.applied.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                applied = self.drain_once(timeout=None)
+            except Exception:
+                log.exception("partition %d: drain failed; retrying the batch", self.index)
+                time.sleep(RETRY_BACKOFF_S)  # a persistent fault must not spin a core
+                continue
+            if not applied and not self._retry and self.buffer.closed and not len(self.buffer):
+                return
+
+    # -- readers ---------------------------------------------------------------------------
+
+    @property
+    def applied_seq(self) -> int:
+        with self._progress:
+            return self._applied_seq
+
+    def wait_applied(self, seq: int, timeout: float | None = None) -> None:
+        """Block until every flow up to sequence number ``seq`` is in the table."""
+        deadline = deadline_after(timeout)
+        with self.applied:
+            while self._applied_seq < seq:
+                left = remaining(deadline)
+                if left == 0.0:
+                    raise ReadTimeout(
+                        f"partition {self.index} did not apply pending flows within {timeout} s"
+                    )
+                self.applied.wait(left)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything enqueued so far has been applied."""
+        self.wait_applied(self.buffer.put_seq, timeout)
+
+    def read(self, hour: int, timeout: float | None = None) -> list[Row]:
+        """Rows of ``hour``, including every flow enqueued before this call (read-your-writes)."""
+        self.flush(timeout)
+        with self.lock.read_lock():
+            rows = self._tables.get(hour)
+            if not rows:
+                return []
+            return [(*key, counters[0], counters[1]) for key, counters in rows.items()]
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"partition {self.index} already started")
+        self._thread = threading.Thread(
+            target=self._run, name=f"flowagg-drain-{self.index}", daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def drainer_alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Refuse new flows, apply everything pending, stop the drainer.
+
+        Returns False if the drainer did not finish within ``timeout`` seconds.
+        """
+        self.buffer.close()
+        if self._thread is None:
+            while self.drain_once() or self._retry:
+                pass
+            return True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("partition %d: drainer still running after %s s", self.index, timeout)
+            return False
+        return True

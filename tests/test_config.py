@@ -1,0 +1,78 @@
+import pytest
+
+from flowagg import create_app
+from flowagg.config import DEFAULTS, ConfigError, resolve
+
+
+def test_defaults():
+    assert resolve({}) == {
+        "FLOWAGG_PARTITIONS": 8,
+        "FLOWAGG_BUFFER_CAPACITY": 262_144,
+        "FLOWAGG_MAX_BODY_BYTES": 64 * 1024 * 1024,
+        "FLOWAGG_READ_TIMEOUT_MS": 10_000,
+    }
+
+
+def test_environment_overrides_defaults_and_test_config_overrides_both():
+    values = resolve(
+        {"FLOWAGG_PARTITIONS": "3", "FLOWAGG_BUFFER_CAPACITY": " 16 "}, {"FLOWAGG_PARTITIONS": 5}
+    )
+    assert values["FLOWAGG_PARTITIONS"] == 5
+    assert values["FLOWAGG_BUFFER_CAPACITY"] == 16
+    assert values["FLOWAGG_MAX_BODY_BYTES"] == DEFAULTS["FLOWAGG_MAX_BODY_BYTES"]
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"FLOWAGG_PARTITIONS": "0"}, "FLOWAGG_PARTITIONS='0': must be >= 1"),
+        ({"FLOWAGG_PARTITIONS": "abc"}, "FLOWAGG_PARTITIONS='abc': expected an integer"),
+        ({"FLOWAGG_PARTITIONS": "1.5"}, "FLOWAGG_PARTITIONS='1.5': expected an integer"),
+        ({"FLOWAGG_PARTITIONS": ""}, "FLOWAGG_PARTITIONS='': expected an integer"),
+        ({"FLOWAGG_BUFFER_CAPACITY": "-4"}, "FLOWAGG_BUFFER_CAPACITY='-4': must be >= 1"),
+        ({"FLOWAGG_PARTITONS": "4"}, "unknown setting FLOWAGG_PARTITONS"),
+    ],
+    ids=["zero", "word", "fraction", "empty", "negative", "typo"],
+)
+def test_invalid_environment_fails_naming_the_variable(environ, message):
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
+        resolve(environ)
+
+
+def test_invalid_test_config_is_refused_too():
+    with pytest.raises(ConfigError, match="FLOWAGG_PARTITIONS=True: expected an integer"):
+        resolve({}, {"FLOWAGG_PARTITIONS": True})
+
+
+def test_create_app_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("FLOWAGG_PARTITIONS", "3")
+    monkeypatch.setenv("FLOWAGG_MAX_BODY_BYTES", "1234")
+    app = create_app()
+    try:
+        store = app.extensions["flowagg"]
+        assert len(store.partitions) == 3
+        assert app.config["MAX_CONTENT_LENGTH"] == 1234
+        assert [p._thread.name for p in store.partitions] == [
+            f"flowagg-drain-{i}" for i in range(3)
+        ]
+    finally:
+        assert store.close(10)
+
+
+def test_create_app_refuses_bad_environment(monkeypatch):
+    monkeypatch.setenv("FLOWAGG_PARTITIONS", "0")
+    with pytest.raises(ConfigError, match="FLOWAGG_PARTITIONS"):
+        create_app()
+
+
+def test_apps_do_not_share_state():
+    first, second = create_app(), create_app()
+    try:
+        first.test_client().post(
+            "/flows",
+            data='[{"src_app":"a","dest_app":"b","vpc_id":"v","bytes_tx":1,"bytes_rx":1,"hour":1}]',
+        )
+        assert first.test_client().get("/flows?hour=1").get_json() != []
+        assert second.test_client().get("/flows?hour=1").get_json() == []
+    finally:
+        assert first.extensions["flowagg"].close(10) and second.extensions["flowagg"].close(10)

@@ -1,0 +1,3 @@
+from flowagg import create_app
+
+app = create_app()

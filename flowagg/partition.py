@@ -20,12 +20,11 @@ from collections.abc import Sequence
 from flowagg.ringbuffer import RingBuffer, deadline_after, remaining
 from flowagg.rwlock import RWLock
 from flowagg.schema import Flow
+from flowagg.table import HourTable, Row, Sums
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str, str]  # (src_app, dest_app, vpc_id): a tuple, never a joined string
-Row = tuple[str, str, str, int, int]  # key + (bytes_tx, bytes_rx)
-Table = dict[int, dict[Key, list[int]]]  # hour -> key -> [bytes_tx, bytes_rx]
+BatchSums = dict[int, Sums]  # a batch summed per hour and key
 
 # Pause after a failed drain step before the next try, so a persistent fault does not spin.
 RETRY_BACKOFF_S = 0.05
@@ -41,7 +40,7 @@ class Partition:
         self.buffer: RingBuffer[Flow] = RingBuffer(buffer_capacity)
         # Guards _tables: readers copy rows out, the drainer merges batches in.
         self.lock = RWLock()
-        self._tables: Table = {}
+        self._tables: dict[int, HourTable] = {}
         # Guards _applied_seq; `applied` is notified by the drainer after each merge.
         self._progress = threading.Lock()
         self.applied = threading.Condition(self._progress)
@@ -84,9 +83,9 @@ class Partition:
         self._publish(seq)
         return len(batch)
 
-    def _sum(self, batch: list[Flow]) -> Table:
+    def _sum(self, batch: list[Flow]) -> BatchSums:
         """Sum a batch per hour and key, outside any lock."""
-        sums: Table = {}
+        sums: BatchSums = {}
         for flow in batch:
             rows = sums.get(flow.hour)
             if rows is None:
@@ -100,21 +99,14 @@ class Partition:
                 counters[1] += flow.bytes_rx
         return sums
 
-    def _merge(self, sums: Table) -> None:
-        """Add a batch's sums to the table under the write lock (nothing here can fail midway)."""
+    def _merge(self, sums: BatchSums) -> None:
+        """Add a batch's sums to the tables under the write lock (nothing here can fail midway)."""
         with self.lock.write_lock():
             for hour, rows in sums.items():
                 table = self._tables.get(hour)
                 if table is None:
-                    self._tables[hour] = rows
-                    continue
-                for key, delta in rows.items():
-                    counters = table.get(key)
-                    if counters is None:
-                        table[key] = delta
-                    else:
-                        counters[0] += delta[0]
-                        counters[1] += delta[1]
+                    table = self._tables[hour] = HourTable()
+                table.merge(rows)
 
     def _publish(self, seq: int) -> None:
         with self._progress:
@@ -160,10 +152,8 @@ class Partition:
         """Rows of ``hour``, including every flow enqueued before this call (read-your-writes)."""
         self.flush(timeout)
         with self.lock.read_lock():
-            rows = self._tables.get(hour)
-            if not rows:
-                return []
-            return [(*key, counters[0], counters[1]) for key, counters in rows.items()]
+            table = self._tables.get(hour)
+            return table.rows() if table is not None else []
 
     # -- lifecycle -------------------------------------------------------------------------
 

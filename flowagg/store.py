@@ -10,9 +10,10 @@ import logging
 from collections.abc import Sequence
 from typing import Protocol
 
-from flowagg.partition import Partition, ReadTimeout, Row
+from flowagg.partition import Partition, ReadTimeout
 from flowagg.ringbuffer import Closed, deadline_after, remaining
 from flowagg.schema import Flow
+from flowagg.table import Row
 
 __all__ = ["Closed", "FlowStore", "PartitionedStore", "ReadTimeout", "Row"]
 

@@ -57,18 +57,28 @@ def decode_flows(body: bytes) -> list[Flow]:
     try:
         return _decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise InvalidBody(_describe(body, str(exc))) from None
+        # The typed pass stops at the first wrong value, possibly before a syntax error further
+        # on; decoding the whole body untyped tells which of the two to report.
+        try:
+            document = _untyped.decode(body)
+        except msgspec.DecodeError as syntax:
+            raise InvalidBody(_malformed(body, syntax)) from None
+        raise InvalidBody(_describe(document, str(exc))) from None
     except msgspec.DecodeError as exc:
-        if not body.strip():
-            raise InvalidBody("body is empty; expected a JSON array of flow records") from None
-        raise InvalidBody(f"body is not valid JSON: {exc}") from None
+        raise InvalidBody(_malformed(body, exc)) from None
+
+
+def _malformed(body: bytes, exc: msgspec.DecodeError) -> str:
+    if not body.strip():
+        return "body is empty; expected a JSON array of flow records"
+    return f"body is not valid JSON: {exc}"
 
 
 def encode(value: Any) -> bytes:
     return _encoder.encode(value)
 
 
-def _describe(body: bytes, message: str) -> str:
+def _describe(document: Any, message: str) -> str:
     """Rewrite msgspec's message as ``$[3].bytes_tx: expected ..., got "lots"``."""
     match = _PATH.match(message)
     what, path = match.group("what"), match.group("path") or "$"
@@ -76,7 +86,7 @@ def _describe(body: bytes, message: str) -> str:
     if missing:
         return f'{path}: missing required field "{missing.group("field")}"'
     steps = [int(i) if i else key for i, key in _STEP.findall(path)]
-    found = _lookup(_untyped.decode(body), steps)
+    found = _lookup(document, steps)
     if not steps:
         expected = "expected a JSON array of flow records"
     elif len(steps) == 1:

@@ -211,6 +211,16 @@ BAD_BODIES = [
         b'{"src_app": "a"}', "$: expected a JSON array of flow records, got an object", id="object"
     ),
     pytest.param(b"null", "$: expected a JSON array of flow records, got null", id="null"),
+    pytest.param(
+        b"9\xff",
+        "body is not valid JSON: JSON is malformed: trailing characters (byte 2)",
+        id="wrong-type-then-garbage",
+    ),
+    pytest.param(
+        b'[{"hour": "x"} nul',
+        "body is not valid JSON: JSON is malformed: expected ',' or ']' (byte 15)",
+        id="bad-field-then-garbage",
+    ),
     pytest.param(b"[1]", "$[0]: expected a flow record object, got 1", id="number-record"),
     pytest.param(b"[[]]", "$[0]: expected a flow record object, got an array", id="array-record"),
     pytest.param(_without("hour"), '$[1]: missing required field "hour"', id="missing-hour"),

@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from flowagg.ringbuffer import RingBuffer, deadline_after, remaining
 from flowagg.rwlock import RWLock
@@ -34,13 +35,32 @@ class ReadTimeout(Exception):
     """The partition did not apply earlier writes in time; the read was not answered."""
 
 
+@dataclass(frozen=True)
+class PartitionStats:
+    index: int
+    depth: int  # flows in the buffer, not yet taken by the drainer
+    capacity: int
+    lag: int  # flows enqueued but not yet applied (in the buffer or being merged)
+    keys: int  # rows held, summed over hours
+    hours: int
+    drainer_alive: bool
+
+
+DrainObserver = Callable[[int, float], None]  # (flows applied, seconds taken) per drain step
+
+
 class Partition:
-    def __init__(self, index: int, buffer_capacity: int) -> None:
+    def __init__(
+        self, index: int, buffer_capacity: int, on_drain: DrainObserver | None = None
+    ) -> None:
         self.index = index
         self.buffer: RingBuffer[Flow] = RingBuffer(buffer_capacity)
-        # Guards _tables: readers copy rows out, the drainer merges batches in.
+        self._on_drain = on_drain
+        # Guards _tables and _cutoff: readers copy rows out, the drainer merges batches in,
+        # retention drops old hours.
         self.lock = RWLock()
         self._tables: dict[int, HourTable] = {}
+        self._cutoff = 0  # hours below this are expired: dropped, and never created again
         # Guards _applied_seq; `applied` is notified by the drainer after each merge.
         self._progress = threading.Lock()
         self.applied = threading.Condition(self._progress)
@@ -53,17 +73,8 @@ class Partition:
     # -- producers -------------------------------------------------------------------------
 
     def enqueue(self, flows: Sequence[Flow], timeout: float | None = None) -> int:
-        """Put ``flows`` in the buffer; returns the sequence number of the last one.
-
-        A part larger than the whole buffer goes in buffer-sized chunks, each waiting for room.
-        """
-        cap = self.buffer.capacity
-        if len(flows) <= cap:
-            return self.buffer.put_many(flows, timeout)
-        seq = 0
-        for start in range(0, len(flows), cap):
-            seq = self.buffer.put_many(flows[start : start + cap], timeout)
-        return seq
+        """Put ``flows`` in the buffer; returns the sequence number of the last one."""
+        return self.buffer.put_many(flows, timeout)
 
     # -- the drainer -----------------------------------------------------------------------
 
@@ -77,9 +88,12 @@ class Partition:
         if self._retry:
             batch = self._retry + batch
         if batch:
+            started = time.perf_counter()
             self._retry = batch  # kept until merged, so an exception below loses nothing
             self._merge(self._sum(batch))
             self._retry = []
+            if self._on_drain is not None:
+                self._on_drain(len(batch), time.perf_counter() - started)
         self._publish(seq)
         return len(batch)
 
@@ -103,6 +117,8 @@ class Partition:
         """Add a batch's sums to the tables under the write lock (nothing here can fail midway)."""
         with self.lock.write_lock():
             for hour, rows in sums.items():
+                if hour < self._cutoff:
+                    continue  # expired while queued: retention already dropped this hour
                 table = self._tables.get(hour)
                 if table is None:
                     table = self._tables[hour] = HourTable()
@@ -122,7 +138,7 @@ class Partition:
                 log.exception("partition %d: drain failed; retrying the batch", self.index)
                 time.sleep(RETRY_BACKOFF_S)  # a persistent fault must not spin a core
                 continue
-            if not applied and not self._retry and self.buffer.closed and not len(self.buffer):
+            if not applied and not self._retry and self.buffer.finished:
                 return
 
     # -- readers ---------------------------------------------------------------------------
@@ -155,6 +171,31 @@ class Partition:
             table = self._tables.get(hour)
             return table.rows() if table is not None else []
 
+    def expire_before(self, cutoff: int) -> int:
+        """Drop every hour below ``cutoff`` and refuse to recreate them; returns hours dropped."""
+        with self.lock.write_lock():
+            if cutoff <= self._cutoff:
+                return 0
+            self._cutoff = cutoff
+            expired = [hour for hour in self._tables if hour < cutoff]
+            for hour in expired:
+                del self._tables[hour]
+            return len(expired)
+
+    def stats(self) -> PartitionStats:
+        with self.lock.read_lock():
+            keys = sum(len(table) for table in self._tables.values())
+            hours = len(self._tables)
+        return PartitionStats(
+            index=self.index,
+            depth=len(self.buffer),
+            capacity=self.buffer.capacity,
+            lag=self.buffer.put_seq - self.applied_seq,
+            keys=keys,
+            hours=hours,
+            drainer_alive=self.drainer_alive,
+        )
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -176,7 +217,7 @@ class Partition:
         """
         self.buffer.close()
         if self._thread is None:
-            while self.drain_once() or self._retry:
+            while self.drain_once(timeout=None) or self._retry or not self.buffer.finished:
                 pass
             return True
         self._thread.join(timeout)

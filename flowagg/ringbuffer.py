@@ -1,11 +1,17 @@
 """A bounded circular buffer: many producers put batches, one consumer takes everything pending.
 
-Items live in a fixed list of slots that is allocated once; ``put_many`` and ``take_all`` move
-whole batches with slice assignments, so the cost per item is a pointer copy done in C.
+Each slot of a fixed list (allocated once) holds one batch; capacity and sequence numbers count
+the items inside the batches, so a put costs one slot write whatever the batch size, and a take
+costs one list extend per batch.
 
 Every item gets a sequence number: the n-th item ever put has number n (from 1). ``put_many``
 returns the number of its last item and ``take_all`` the number of the last item it took, which is
 what lets a reader wait until everything enqueued before it has been applied (see partition.py).
+
+Room can be reserved ahead of the put (``reserve`` / ``put_reserved`` / ``cancel``), so a producer
+writing to several buffers can first make sure all of them have room and put nothing otherwise.
+A batch larger than the whole capacity is admitted when the buffer is empty, so no valid batch is
+ever refused; memory stays bounded by the capacity or one batch, whichever is larger.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ T = TypeVar("T")
 
 
 class Full(Exception):
-    """``put_many`` timed out waiting for room."""
+    """No room appeared within the timeout."""
 
 
 class Closed(Exception):
@@ -47,19 +53,24 @@ class RingBuffer(Generic[T]):
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
-        self._slots: list[T | None] = [None] * capacity
-        self._head = 0  # slot of the oldest pending item
+        # A batch holds at least one item and items never exceed the capacity (or one oversized
+        # batch alone), so `capacity` slots always suffice.
+        self._slots: list[Sequence[T] | None] = [None] * capacity
+        self._head = 0  # slot of the oldest pending batch
+        self._batches = 0  # pending batches
         self._size = 0  # pending items
+        self._reserved = 0  # items reserved by producers but not yet put
         self._put_seq = 0  # sequence number of the last item put
         self._closed = False
         # One mutex guards every field above.
         self._mutex = threading.Lock()
-        # Notified by put_many when items arrive and by close(); the consumer waits on it.
+        # Notified by puts when items arrive and by close(); the consumer waits on it.
         self.not_empty = threading.Condition(self._mutex)
-        # Notified by take_all when slots are freed and by close(); producers wait on it.
+        # Notified when room is freed (take_all, cancel) and by close(); producers wait on it.
         self.not_full = threading.Condition(self._mutex)
 
     def __len__(self) -> int:
+        """Items pending (put and not yet taken)."""
         with self._mutex:
             return self._size
 
@@ -69,85 +80,122 @@ class RingBuffer(Generic[T]):
             return self._closed
 
     @property
+    def finished(self) -> bool:
+        """Closed, and nothing pending or reserved: nothing more will ever arrive."""
+        with self._mutex:
+            return self._closed and not self._batches and not self._reserved
+
+    @property
     def put_seq(self) -> int:
         """Sequence number of the last item put (0 before the first)."""
         with self._mutex:
             return self._put_seq
 
-    def put_many(self, items: Sequence[T], timeout: float | None = None) -> int:
-        """Append all of ``items`` at once, blocking until there is room for all of them.
+    def reserve(self, n: int, timeout: float | None = None) -> None:
+        """Wait until ``n`` items fit, then hold room for them until ``put_reserved`` or ``cancel``.
 
-        Returns the sequence number of the last item. Raises ``Full`` if room did not appear
-        within ``timeout`` seconds (nothing is put then), ``Closed`` once the buffer is closed,
-        and ``ValueError`` for a batch larger than the whole buffer (it could never fit).
+        Raises ``Full`` if the room did not appear within ``timeout`` seconds (nothing is held
+        then) and ``Closed`` once the buffer is closed.
         """
-        n = len(items)
-        if n > self.capacity:
-            raise ValueError(f"batch of {n} items exceeds buffer capacity {self.capacity}")
         deadline = deadline_after(timeout)
         with self.not_full:
-            while not self._closed and self.capacity - self._size < n:
-                left = remaining(deadline)
-                if left == 0.0:
-                    raise Full(f"no room for {n} items within {timeout} s")
-                self.not_full.wait(left)
-            if self._closed:
-                raise Closed("buffer is closed")
-            if n:
-                self._write(items)
-                self.not_empty.notify()
+            self._wait_for_room(n, deadline, timeout)
+            self._reserved += n
+
+    def put_reserved(self, items: Sequence[T]) -> int:
+        """Put a batch whose room was reserved; never blocks. Returns its last sequence number.
+
+        Puts even after close(): the room was promised before the buffer closed.
+        """
+        with self._mutex:
+            if len(items) > self._reserved:
+                raise RuntimeError("put_reserved without a matching reserve")
+            self._reserved -= len(items)
+            self._append(items)
+            return self._put_seq
+
+    def cancel(self, n: int) -> None:
+        """Give back room reserved for ``n`` items."""
+        with self._mutex:
+            if n > self._reserved:
+                raise RuntimeError("cancel of more than was reserved")
+            self._reserved -= n
+            self.not_full.notify_all()
+            self.not_empty.notify()  # a closed buffer's consumer may be waiting for this
+
+    def put_many(self, items: Sequence[T], timeout: float | None = None) -> int:
+        """Wait for room, then put ``items`` as one batch. Returns the last sequence number.
+
+        Raises ``Full`` if room did not appear within ``timeout`` seconds (nothing is put then)
+        and ``Closed`` once the buffer is closed.
+        """
+        deadline = deadline_after(timeout)
+        with self.not_full:
+            self._wait_for_room(len(items), deadline, timeout)
+            self._append(items)
             return self._put_seq
 
     def take_all(self, timeout: float | None = None) -> tuple[list[T], int]:
         """Remove and return every pending item, waiting up to ``timeout`` for the first one.
 
         Returns ``(items, seq)`` where ``seq`` is the sequence number of the last item taken
-        (or of the last item ever put, when nothing was pending). Returns at once, possibly
-        with no items, once the buffer is closed.
+        (or of the last item ever put, when nothing was pending). Once the buffer is closed it
+        waits only for reserved room to be put or cancelled; see ``finished``.
         """
         deadline = deadline_after(timeout)
         with self.not_empty:
-            while not self._closed and self._size == 0:
+            while self._batches == 0 and (not self._closed or self._reserved):
                 left = remaining(deadline)
                 if left == 0.0:
                     break
                 self.not_empty.wait(left)
-            items = self._read_all()
+            items = self._take_batches()
             if items:
                 self.not_full.notify_all()
             return items, self._put_seq
 
     def close(self) -> None:
-        """Refuse further puts and wake every waiter; pending items stay takeable."""
+        """Refuse further puts and reservations and wake every waiter; pending items stay."""
         with self._mutex:
             self._closed = True
             self.not_empty.notify_all()
             self.not_full.notify_all()
 
-    def _write(self, items: Sequence[T]) -> None:
-        # Caller holds the mutex and has checked that the items fit.
-        n = len(items)
-        tail = (self._head + self._size) % self.capacity
-        first = min(n, self.capacity - tail)
-        self._slots[tail : tail + first] = items[:first]
-        if first < n:  # wrap around to the start of the slot list
-            self._slots[: n - first] = items[first:]
-        self._size += n
-        self._put_seq += n
+    def _fits(self, n: int) -> bool:
+        # Caller holds the mutex. An empty buffer admits any batch, however large.
+        used = self._size + self._reserved
+        return used + n <= self.capacity or used == 0
 
-    def _read_all(self) -> list[T]:
-        # Caller holds the mutex. Copies the pending items out and clears their slots so the
-        # buffer holds no references to items already handed to the consumer.
-        head, size = self._head, self._size
-        end = head + size
-        if end <= self.capacity:
-            items = self._slots[head:end]
-            self._slots[head:end] = [None] * size
-        else:
-            wrapped = end - self.capacity
-            items = self._slots[head:] + self._slots[:wrapped]
-            self._slots[head:] = [None] * (self.capacity - head)
-            self._slots[:wrapped] = [None] * wrapped
-        self._head = end % self.capacity
+    def _wait_for_room(self, n: int, deadline: float | None, timeout: float | None) -> None:
+        # Caller holds the mutex.
+        while not self._closed and not self._fits(n):
+            left = remaining(deadline)
+            if left == 0.0:
+                raise Full(f"no room for {n} items within {timeout} s")
+            self.not_full.wait(left)
+        if self._closed:
+            raise Closed("buffer is closed")
+
+    def _append(self, items: Sequence[T]) -> None:
+        # Caller holds the mutex and has made sure the batch fits.
+        if not items:
+            return
+        self._slots[(self._head + self._batches) % self.capacity] = items
+        self._batches += 1
+        self._size += len(items)
+        self._put_seq += len(items)
+        self.not_empty.notify()
+
+    def _take_batches(self) -> list[T]:
+        # Caller holds the mutex. Empties every pending slot, so the buffer keeps no references
+        # to batches already handed to the consumer.
+        items: list[T] = []
+        slots, head = self._slots, self._head
+        for _ in range(self._batches):
+            items.extend(slots[head])  # type: ignore[arg-type]
+            slots[head] = None
+            head = (head + 1) % self.capacity
+        self._head = head
+        self._batches = 0
         self._size = 0
-        return items  # type: ignore[return-value]
+        return items

@@ -86,7 +86,7 @@ def test_sums_are_exact_beyond_64_bits():
     assert p.read(1, timeout=0) == [("a", "b", "v", 12 * big, 12 * big)]
 
 
-def test_part_larger_than_buffer_is_enqueued_in_chunks():
+def test_part_larger_than_buffer_is_enqueued_whole():
     p = Partition(0, buffer_capacity=4)
     p.start()
     try:

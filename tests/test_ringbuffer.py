@@ -49,9 +49,66 @@ def test_full_buffer_put_times_out_and_puts_nothing():
     assert buf.take_all(0) == ([1, 2], 2)
 
 
-def test_batch_larger_than_capacity_is_refused():
-    with pytest.raises(ValueError):
-        RingBuffer(2).put_many([1, 2, 3])
+def test_batch_larger_than_capacity_is_admitted_only_when_empty():
+    buf = RingBuffer(2)
+    assert buf.put_many([1, 2, 3], timeout=0) == 3  # empty: admitted whole
+    with pytest.raises(Full):
+        buf.put_many([4], timeout=0)  # nothing more until it is taken
+    assert buf.take_all(0) == ([1, 2, 3], 3)
+    buf.put_many([4])
+    with pytest.raises(Full):
+        buf.put_many([5, 6, 7], timeout=0)  # not empty: the oversized batch waits
+    assert buf.take_all(0) == ([4], 4)
+    assert buf.put_many([5, 6, 7], timeout=0) == 7
+
+
+def test_reserved_room_is_held_until_put_or_cancel():
+    buf = RingBuffer(4)
+    buf.reserve(3, timeout=0)
+    with pytest.raises(Full):
+        buf.put_many([1, 2], timeout=0)  # only one slot's worth is free
+    buf.put_many([1], timeout=0)
+    assert buf.put_reserved(["a", "b", "c"]) == 4
+    assert buf.take_all(0) == ([1, "a", "b", "c"], 4)
+    buf.reserve(4, timeout=0)
+    buf.cancel(4)
+    assert buf.put_many([1, 2, 3, 4], timeout=0) == 8
+
+
+def test_reservation_misuse_is_an_error():
+    buf = RingBuffer(4)
+    with pytest.raises(RuntimeError):
+        buf.put_reserved([1])
+    buf.reserve(1)
+    with pytest.raises(RuntimeError):
+        buf.cancel(2)
+
+
+def test_reservation_times_out_and_holds_nothing():
+    buf = RingBuffer(2)
+    buf.put_many([1, 2])
+    with pytest.raises(Full):
+        buf.reserve(1, timeout=0.01)
+    buf.take_all(0)
+    buf.reserve(2, timeout=0)  # all the room is still there
+
+
+def test_closed_buffer_accepts_reserved_puts_and_waits_for_them():
+    buf = RingBuffer(4)
+    buf.reserve(2)
+    buf.close()
+    assert not buf.finished  # room was promised before close
+    with pytest.raises(Closed):
+        buf.reserve(1)
+    taken = []
+    consumer = threading.Thread(target=lambda: taken.append(buf.take_all(timeout=WAIT_TIMEOUT)))
+    consumer.start()
+    try:
+        assert buf.put_reserved(["x", "y"]) == 2
+    finally:
+        consumer.join(WAIT_TIMEOUT)
+    assert taken == [(["x", "y"], 2)]
+    assert buf.finished
 
 
 def test_negative_timeout_is_an_error():

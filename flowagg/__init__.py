@@ -2,30 +2,48 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
 
+from flowagg import logs
 from flowagg.api import bp
-from flowagg.config import resolve
+from flowagg.config import ConfigError, resolve
+from flowagg.metrics import Metrics
 from flowagg.store import PartitionedStore
+
+log = logging.getLogger(__name__)
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: settings (defaults < environment < ``config``), store, blueprint.
 
-    ``waitress-serve --call flowagg:create_app`` works as well as ``wsgi:app``.
+    ``waitress-serve --call flowagg:create_app`` works as well as ``wsgi:app``. An invalid
+    setting stops start-up with one line naming the variable.
     """
+    try:
+        settings = resolve(os.environ, config)
+    except ConfigError as exc:
+        raise SystemExit(f"flowagg: invalid configuration: {exc}") from None
     app = Flask(__name__)
-    app.config.update(resolve(os.environ, config))
+    app.config.update(settings)
     # Werkzeug answers 413 for larger bodies before reading them.
     app.config["MAX_CONTENT_LENGTH"] = app.config["FLOWAGG_MAX_BODY_BYTES"]
+    logs.configure(app.config["FLOWAGG_LOG_FORMAT"], app.config["FLOWAGG_LOG_LEVEL"])
 
-    app.extensions["flowagg"] = PartitionedStore(
+    metrics = Metrics()
+    store = PartitionedStore(
         partitions=app.config["FLOWAGG_PARTITIONS"],
         buffer_capacity=app.config["FLOWAGG_BUFFER_CAPACITY"],
+        retention_hours=app.config["FLOWAGG_RETENTION_HOURS"],
+        on_drain=metrics.observe_drain,
     )
+    metrics.watch(store)
+    app.extensions["flowagg"] = store
+    app.extensions["flowagg.metrics"] = metrics
     app.register_blueprint(bp)
+    log.info("starting", extra={"fields": dict(settings)})
     return app

@@ -4,18 +4,26 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+import uuid
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
+from flowagg.metrics import Metrics
+from flowagg.openapi import openapi_document
 from flowagg.schema import INT64_MAX, Flow, InvalidBody, decode_flows, encode
-from flowagg.store import Closed, FlowStore, ReadTimeout
+from flowagg.store import Closed, Expired, FlowStore, Overloaded, ReadTimeout
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("flowagg.access")
 
 bp = Blueprint("flows", __name__)
 
 _HOUR = re.compile(r"[0-9]+")
+_REQUEST_ID = re.compile(r"[\w.:@/+=-]{1,128}", re.ASCII)
+RETRY_AFTER_S = "1"
 
 
 class BadRequest(Exception):
@@ -26,24 +34,41 @@ def get_store() -> FlowStore:
     return current_app.extensions["flowagg"]
 
 
+def get_metrics() -> Metrics:
+    return current_app.extensions["flowagg.metrics"]
+
+
+def _ms(setting: str) -> float:
+    return current_app.config[setting] / 1000
+
+
+# -- flows -------------------------------------------------------------------------------------
+
+
 @bp.post("/flows")
 def post_flows() -> Response:
     # get_data() reads the raw body whatever the Content-Type (curl -d sends a form type) and
     # raises 413 before reading when Content-Length exceeds MAX_CONTENT_LENGTH.
     flows = decode_flows(request.get_data(cache=False))
-    accepted = get_store().ingest(flows)
+    accepted = get_store().ingest(flows, timeout=_ms("FLOWAGG_ENQUEUE_TIMEOUT_MS"))
+    metrics = get_metrics()
+    metrics.requests_accepted.inc()
+    metrics.flows_accepted.inc(accepted)
+    g.accepted = accepted
     return json_response({"accepted": accepted})
 
 
 @bp.get("/flows")
 def get_flows() -> Response:
+    started = time.perf_counter()
     hour = parse_hour(request.args.getlist("hour"))
     if hour > INT64_MAX:  # no flow can have such an hour
         return json_response([])
-    timeout = current_app.config["FLOWAGG_READ_TIMEOUT_MS"] / 1000
-    rows = get_store().read_hour(hour, timeout=timeout)
+    rows = get_store().read_hour(hour, timeout=_ms("FLOWAGG_READ_TIMEOUT_MS"))
     # Rows were copied under the partition's read lock; encoding happens after its release.
-    return json_response([Flow(s, d, v, tx, rx, hour) for s, d, v, tx, rx in rows])
+    response = json_response([Flow(s, d, v, tx, rx, hour) for s, d, v, tx, rx in rows])
+    get_metrics().read_seconds.observe(time.perf_counter() - started)
+    return response
 
 
 def parse_hour(values: list[str]) -> int:
@@ -57,51 +82,125 @@ def parse_hour(values: list[str]) -> int:
     return int(values[0])
 
 
+# -- operations --------------------------------------------------------------------------------
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """Liveness: the process serves requests."""
+    return json_response({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    """Readiness: drainers alive, buffers below the watermark (and the log writable, if any)."""
+    failed = get_store().health(current_app.config["FLOWAGG_READY_BUFFER_PERCENT"] / 100)
+    if failed:
+        return json_response({"status": "unready", "failed": failed}, 503)
+    return json_response({"status": "ready"})
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return Response(generate_latest(get_metrics().registry), mimetype=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return json_response(openapi_document())
+
+
+# -- responses and errors ----------------------------------------------------------------------
+
+
 def json_response(value: object, status: int = 200) -> Response:
     return Response(encode(value), status=status, mimetype="application/json")
 
 
-def error(status: int, message: str) -> Response:
-    return json_response({"error": message}, status)
+def error(status: int, message: str, retry_after: bool = False) -> Response:
+    response = json_response({"error": message}, status)
+    if retry_after:
+        response.headers["Retry-After"] = RETRY_AFTER_S
+    return response
+
+
+def _reject(reason: str) -> None:
+    if request.method == "POST" and request.path == "/flows":
+        get_metrics().requests_rejected.labels(reason).inc()
 
 
 @bp.app_errorhandler(InvalidBody)
+@bp.app_errorhandler(Expired)
+def on_invalid_body(exc: Exception) -> Response:
+    _reject("expired" if isinstance(exc, Expired) else "invalid")
+    return error(400, str(exc))
+
+
 @bp.app_errorhandler(BadRequest)
-def on_bad_request(exc: Exception) -> Response:
+def on_bad_request(exc: BadRequest) -> Response:
     return error(400, str(exc))
 
 
 @bp.app_errorhandler(HTTPException)
 def on_http_error(exc: HTTPException) -> Response:
     if exc.code == 413:
+        _reject("too_large")
         limit = current_app.config["FLOWAGG_MAX_BODY_BYTES"]
         return error(413, f"request body exceeds the limit of {limit} bytes")
     if exc.code == 404:
         return error(404, f"no such path: {request.path}")
     if exc.code == 405:
-        allowed = ", ".join(exc.valid_methods or ())
         response = error(405, f"method {request.method} not allowed on {request.path}")
-        response.headers["Allow"] = allowed
+        response.headers["Allow"] = ", ".join(exc.valid_methods or ())
         return response
     return error(exc.code or 500, exc.description or exc.name)
+
+
+@bp.app_errorhandler(Overloaded)
+def on_overloaded(exc: Overloaded) -> Response:
+    _reject("overloaded")
+    log.warning("overloaded: %s", exc)
+    return error(503, f"overloaded: {exc}; nothing was applied, retry later", retry_after=True)
 
 
 @bp.app_errorhandler(ReadTimeout)
 def on_read_timeout(exc: ReadTimeout) -> Response:
     log.warning("read timed out: %s", exc)
-    response = error(503, f"{exc}; retry later")
-    response.headers["Retry-After"] = "1"
-    return response
+    return error(503, f"{exc}; retry later", retry_after=True)
 
 
 @bp.app_errorhandler(Closed)
 def on_closed(exc: Closed) -> Response:
-    response = error(503, "service is shutting down")
-    response.headers["Retry-After"] = "1"
-    return response
+    return error(503, "service is shutting down", retry_after=True)
 
 
 @bp.app_errorhandler(Exception)
 def on_unexpected(exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.path)
     return error(500, "internal error")
+
+
+# -- request log -------------------------------------------------------------------------------
+
+
+@bp.before_app_request
+def start_request() -> None:
+    g.started = time.perf_counter()
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+@bp.after_app_request
+def log_request(response: Response) -> Response:
+    response.headers["X-Request-ID"] = g.request_id
+    fields = {
+        "method": request.method,
+        "path": request.path,
+        "status": response.status_code,
+        "duration_ms": round((time.perf_counter() - g.started) * 1000, 3),
+        "request_id": g.request_id,
+    }
+    if "accepted" in g:
+        fields["accepted"] = g.accepted
+    access_log.info("request", extra={"fields": fields})
+    return response

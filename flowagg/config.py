@@ -18,7 +18,7 @@ class ConfigError(ValueError):
     """A setting has an invalid value; the message names the variable."""
 
 
-def _int_at_least(minimum: int) -> Callable[[Any], int]:
+def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
     def parse(raw: Any) -> int:
         if isinstance(raw, bool):
             raise ValueError("expected an integer")
@@ -31,7 +31,30 @@ def _int_at_least(minimum: int) -> Callable[[Any], int]:
             raise ValueError("expected an integer")
         if raw < minimum:
             raise ValueError(f"must be >= {minimum}")
+        if maximum is not None and raw > maximum:
+            raise ValueError(f"must be <= {maximum}")
         return raw
+
+    return parse
+
+
+def _optional(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Unset (None) or empty means None; anything else goes through ``parse``."""
+
+    def parse_optional(raw: Any) -> Any:
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        return parse(raw)
+
+    return parse_optional
+
+
+def _one_of(*choices: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        value = str(raw).strip().lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value
 
     return parse
 
@@ -62,6 +85,37 @@ SETTINGS = (
         64 * 1024 * 1024,
         _int_at_least(1),
         "Largest accepted POST body in bytes; larger bodies get 413 unread.",
+    ),
+    Setting(
+        "FLOWAGG_ENQUEUE_TIMEOUT_MS",
+        2_000,
+        _int_at_least(0),
+        "How long a POST waits for room in a full buffer before answering 503 (nothing applied).",
+    ),
+    Setting(
+        "FLOWAGG_RETENTION_HOURS",
+        None,
+        _optional(_int_at_least(0)),
+        "Keep hours >= newest hour seen minus this; older hours are dropped, and POSTs for them"
+        " get 400. Unset keeps everything.",
+    ),
+    Setting(
+        "FLOWAGG_READY_BUFFER_PERCENT",
+        90,
+        _int_at_least(1, 100),
+        "/readyz answers 503 while any partition's buffer is fuller than this percentage.",
+    ),
+    Setting(
+        "FLOWAGG_LOG_FORMAT",
+        "text",
+        _one_of("text", "json"),
+        "Log lines as key=value text or as JSON objects, one per line.",
+    ),
+    Setting(
+        "FLOWAGG_LOG_LEVEL",
+        "info",
+        _one_of("debug", "info", "warning", "error"),
+        "Least severe level logged; request lines are info.",
     ),
     Setting(
         "FLOWAGG_READ_TIMEOUT_MS",

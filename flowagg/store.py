@@ -1,28 +1,63 @@
-"""The store: N partitions, routing by hour, and their lifecycle.
+"""The store: N partitions, routing by hour, retention, and their lifecycle.
 
 The HTTP layer sees only the ``FlowStore`` interface (ingest a validated batch, read an hour,
-flush, close), so a durable or remote backend can replace ``PartitionedStore`` without touching it.
+flush, close, plus stats and health for operators), so a durable or remote backend can replace
+``PartitionedStore`` without touching it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
-from flowagg.partition import Partition, ReadTimeout
-from flowagg.ringbuffer import Closed, deadline_after, remaining
+from flowagg.partition import DrainObserver, Partition, PartitionStats, ReadTimeout
+from flowagg.ringbuffer import Closed, Full, deadline_after, remaining
 from flowagg.schema import Flow
 from flowagg.table import Row
 
-__all__ = ["Closed", "FlowStore", "PartitionedStore", "ReadTimeout", "Row"]
+__all__ = ["Closed", "Expired", "FlowStore", "Overloaded", "PartitionedStore", "ReadTimeout", "Row"]
 
 log = logging.getLogger(__name__)
 
 
+class Overloaded(Exception):
+    """A partition's buffer stayed full past the enqueue timeout; nothing was enqueued."""
+
+
+class Expired(ValueError):
+    """A record's hour is older than the retention window; nothing was enqueued."""
+
+    def __init__(self, index: int, hour: int, oldest: int, newest: int) -> None:
+        super().__init__(
+            f"$[{index}].hour: hour {hour} is outside the retention window"
+            f" [{oldest}, {newest}]; older hours are no longer kept"
+        )
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    partitions: list[PartitionStats]
+    hours_dropped: int  # hours removed by retention since start
+
+    @property
+    def keys(self) -> int:
+        return sum(p.keys for p in self.partitions)
+
+    @property
+    def hours(self) -> int:
+        return sum(p.hours for p in self.partitions)
+
+
 class FlowStore(Protocol):
-    def ingest(self, flows: Sequence[Flow]) -> int:
-        """Apply a validated batch (eventually, but visibly to any later read); returns its size."""
+    def ingest(self, flows: Sequence[Flow], timeout: float | None = None) -> int:
+        """Accept a validated batch whole or not at all; visible to any later read.
+
+        Raises ``Overloaded`` if there was no room within ``timeout``, ``Expired`` for an hour
+        outside the retention window, ``Closed`` after close. Returns the number accepted.
+        """
 
     def read_hour(self, hour: int, timeout: float | None = None) -> list[Row]:
         """Summed rows of ``hour`` including every batch ingested before the call."""
@@ -33,14 +68,31 @@ class FlowStore(Protocol):
     def close(self, timeout: float | None = None) -> bool:
         """Apply everything pending, stop background work; False if it did not finish in time."""
 
+    def stats(self) -> StoreStats: ...
+
+    def health(self, high_watermark: float) -> list[str]:
+        """Failed readiness checks, each a sentence; empty when ready."""
+
 
 class PartitionedStore:
     """Flows of hour ``h`` live in partition ``h % N``; each partition drains independently."""
 
-    def __init__(self, partitions: int = 8, buffer_capacity: int = 262_144, start: bool = True):
+    def __init__(
+        self,
+        partitions: int = 8,
+        buffer_capacity: int = 262_144,
+        retention_hours: int | None = None,
+        on_drain: DrainObserver | None = None,
+        start: bool = True,
+    ) -> None:
         if partitions < 1:
             raise ValueError("partitions must be at least 1")
-        self.partitions = [Partition(i, buffer_capacity) for i in range(partitions)]
+        self.partitions = [Partition(i, buffer_capacity, on_drain) for i in range(partitions)]
+        self.retention_hours = retention_hours
+        # Guards _newest_hour and _hours_dropped (retention bookkeeping only).
+        self._window_lock = threading.Lock()
+        self._newest_hour = -1
+        self._hours_dropped = 0
         if start:
             for partition in self.partitions:
                 partition.start()
@@ -63,11 +115,69 @@ class PartitionedStore:
                 part.append(flow)
         return parts
 
-    def ingest(self, flows: Sequence[Flow]) -> int:
-        """Enqueue every part of the batch; returns once all are enqueued (not yet applied)."""
-        for index, part in self.split(flows).items():
-            self.partitions[index].enqueue(part)
+    def ingest(self, flows: Sequence[Flow], timeout: float | None = None) -> int:
+        """Enqueue every part of the batch, or none; returns once all are enqueued."""
+        if self.retention_hours is not None:
+            self._check_hours(flows)
+        parts = self.split(flows)
+        self._reserve(parts, timeout)
+        for index, part in parts.items():
+            self.partitions[index].buffer.put_reserved(part)
+        if self.retention_hours is not None and flows:
+            self._advance_window(max(flow.hour for flow in flows))
         return len(flows)
+
+    def _reserve(self, parts: dict[int, list[Flow]], timeout: float | None) -> None:
+        """Hold room for every part in its buffer, or hold nothing and raise ``Overloaded``."""
+        deadline = deadline_after(timeout)
+        held: list[int] = []
+        try:
+            for index, part in parts.items():
+                self.partitions[index].buffer.reserve(len(part), remaining(deadline))
+                held.append(index)
+        except BaseException as exc:
+            for held_index in held:
+                self.partitions[held_index].buffer.cancel(len(parts[held_index]))
+            if isinstance(exc, Full):
+                raise Overloaded(
+                    f"partition {index} had no room for {len(parts[index])} flows"
+                    f" within {timeout} s"
+                ) from None
+            raise
+
+    def _check_hours(self, flows: Sequence[Flow]) -> None:
+        """Raise ``Expired`` for the first record older than the window this batch would leave."""
+        newest_in_batch = max((flow.hour for flow in flows), default=-1)
+        with self._window_lock:
+            newest = max(self._newest_hour, newest_in_batch)
+        oldest = newest - self.retention_hours
+        for index, flow in enumerate(flows):
+            if flow.hour < oldest:
+                raise Expired(index, flow.hour, oldest, newest)
+
+    def _advance_window(self, hour: int) -> None:
+        """Record an accepted hour; if it is a new newest, drop hours that fell out of the window.
+
+        Flows of a dropped hour that were still queued are discarded by the drainer, so an hour
+        never comes back once expired.
+        """
+        with self._window_lock:
+            if hour <= self._newest_hour:
+                return
+            self._newest_hour = hour
+        cutoff = hour - self.retention_hours
+        dropped = sum(p.expire_before(cutoff) for p in self.partitions)
+        if dropped:
+            with self._window_lock:
+                self._hours_dropped += dropped
+            log.info("retention: dropped %d hour(s) older than %d", dropped, cutoff)
+
+    def window(self) -> tuple[int, int] | None:
+        """(oldest kept hour, newest hour seen), or None without retention or data."""
+        with self._window_lock:
+            if self.retention_hours is None or self._newest_hour < 0:
+                return None
+            return max(0, self._newest_hour - self.retention_hours), self._newest_hour
 
     def read_hour(self, hour: int, timeout: float | None = None) -> list[Row]:
         return self.partition_for(hour).read(hour, timeout)
@@ -76,6 +186,23 @@ class PartitionedStore:
         deadline = deadline_after(timeout)
         for partition in self.partitions:
             partition.flush(remaining(deadline))
+
+    def stats(self) -> StoreStats:
+        with self._window_lock:
+            dropped = self._hours_dropped
+        return StoreStats([p.stats() for p in self.partitions], dropped)
+
+    def health(self, high_watermark: float) -> list[str]:
+        problems = []
+        for p in self.stats().partitions:
+            if not p.drainer_alive:
+                problems.append(f"drainer: partition {p.index} drainer is not running")
+            if p.depth > high_watermark * p.capacity:
+                problems.append(
+                    f"buffer: partition {p.index} holds {p.depth} of {p.capacity} flows"
+                    f" (above {high_watermark:.0%})"
+                )
+        return problems
 
     def close(self, timeout: float | None = None) -> bool:
         deadline = deadline_after(timeout)

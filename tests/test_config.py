@@ -9,8 +9,28 @@ def test_defaults():
         "FLOWAGG_PARTITIONS": 8,
         "FLOWAGG_BUFFER_CAPACITY": 262_144,
         "FLOWAGG_MAX_BODY_BYTES": 64 * 1024 * 1024,
+        "FLOWAGG_ENQUEUE_TIMEOUT_MS": 2_000,
+        "FLOWAGG_RETENTION_HOURS": None,
+        "FLOWAGG_READY_BUFFER_PERCENT": 90,
+        "FLOWAGG_LOG_FORMAT": "text",
+        "FLOWAGG_LOG_LEVEL": "info",
         "FLOWAGG_READ_TIMEOUT_MS": 10_000,
     }
+
+
+def test_optional_and_enum_settings():
+    values = resolve(
+        {
+            "FLOWAGG_RETENTION_HOURS": "24",
+            "FLOWAGG_LOG_FORMAT": "JSON",
+            "FLOWAGG_LOG_LEVEL": "debug",
+        }
+    )
+    assert values["FLOWAGG_RETENTION_HOURS"] == 24
+    assert values["FLOWAGG_LOG_FORMAT"] == "json"
+    assert values["FLOWAGG_LOG_LEVEL"] == "debug"
+    assert resolve({"FLOWAGG_RETENTION_HOURS": ""})["FLOWAGG_RETENTION_HOURS"] is None
+    assert resolve({"FLOWAGG_RETENTION_HOURS": "0"})["FLOWAGG_RETENTION_HOURS"] == 0
 
 
 def test_environment_overrides_defaults_and_test_config_overrides_both():
@@ -30,9 +50,15 @@ def test_environment_overrides_defaults_and_test_config_overrides_both():
         ({"FLOWAGG_PARTITIONS": "1.5"}, "FLOWAGG_PARTITIONS='1.5': expected an integer"),
         ({"FLOWAGG_PARTITIONS": ""}, "FLOWAGG_PARTITIONS='': expected an integer"),
         ({"FLOWAGG_BUFFER_CAPACITY": "-4"}, "FLOWAGG_BUFFER_CAPACITY='-4': must be >= 1"),
+        ({"FLOWAGG_RETENTION_HOURS": "-1"}, "FLOWAGG_RETENTION_HOURS='-1': must be >= 0"),
+        (
+            {"FLOWAGG_READY_BUFFER_PERCENT": "101"},
+            "FLOWAGG_READY_BUFFER_PERCENT='101': must be <= 100",
+        ),
+        ({"FLOWAGG_LOG_FORMAT": "xml"}, "FLOWAGG_LOG_FORMAT='xml': expected one of text, json"),
         ({"FLOWAGG_PARTITONS": "4"}, "unknown setting FLOWAGG_PARTITONS"),
     ],
-    ids=["zero", "word", "fraction", "empty", "negative", "typo"],
+    ids=["zero", "word", "fraction", "empty", "negative", "retention", "percent", "format", "typo"],
 )
 def test_invalid_environment_fails_naming_the_variable(environ, message):
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
@@ -59,10 +85,11 @@ def test_create_app_reads_the_environment(monkeypatch):
         assert store.close(10)
 
 
-def test_create_app_refuses_bad_environment(monkeypatch):
+def test_create_app_stops_on_bad_environment_with_one_line(monkeypatch):
     monkeypatch.setenv("FLOWAGG_PARTITIONS", "0")
-    with pytest.raises(ConfigError, match="FLOWAGG_PARTITIONS"):
+    with pytest.raises(SystemExit) as exc:
         create_app()
+    assert exc.value.code == "flowagg: invalid configuration: FLOWAGG_PARTITIONS='0': must be >= 1"
 
 
 def test_apps_do_not_share_state():

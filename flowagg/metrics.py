@@ -1,0 +1,109 @@
+"""Prometheus metrics, in a registry owned by the app (never the process-global default).
+
+Request counters and histograms are updated where things happen; everything the store holds
+(buffer depths, lag, keys, hours) is read from ``store.stats()`` at scrape time, so the ingest
+path pays nothing for it. No label carries a flow key: cardinality is bounded by partitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from flowagg.store import FlowStore
+
+REJECT_REASONS = ("invalid", "expired", "too_large", "overloaded")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests_accepted = Counter(
+            "flowagg_requests_accepted", "POST /flows requests accepted", registry=r
+        )
+        self.flows_accepted = Counter(
+            "flowagg_flows_accepted", "Flows accepted by POST /flows", registry=r
+        )
+        self.requests_rejected = Counter(
+            "flowagg_requests_rejected",
+            "POST /flows requests rejected, by reason",
+            ["reason"],
+            registry=r,
+        )
+        for reason in REJECT_REASONS:  # export zeros, so rates work from the first scrape
+            self.requests_rejected.labels(reason)
+        self.read_seconds = Histogram(
+            "flowagg_read_duration_seconds",
+            "GET /flows latency, from arrival to encoded response",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.drain_batch = Histogram(
+            "flowagg_drain_batch_flows",
+            "Flows applied per drain step",
+            buckets=(1, 10, 100, 1_000, 10_000, 100_000, 1_000_000),
+            registry=r,
+        )
+        self.drain_seconds = Histogram(
+            "flowagg_drain_duration_seconds",
+            "Time to sum and merge one drain step",
+            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+            registry=r,
+        )
+
+    def observe_drain(self, flows: int, seconds: float) -> None:
+        self.drain_batch.observe(flows)
+        self.drain_seconds.observe(seconds)
+
+    def watch(self, store: FlowStore) -> None:
+        self.registry.register(StoreCollector(store))
+
+
+class StoreCollector(Collector):
+    """Reads the store's state at scrape time."""
+
+    def __init__(self, store: FlowStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.store.stats()
+        gauges = {
+            "depth": GaugeMetricFamily(
+                "flowagg_buffer_depth_flows",
+                "Flows waiting in a partition's buffer",
+                labels=["partition"],
+            ),
+            "capacity": GaugeMetricFamily(
+                "flowagg_buffer_capacity_flows",
+                "Capacity of a partition's buffer",
+                labels=["partition"],
+            ),
+            "lag": GaugeMetricFamily(
+                "flowagg_drain_lag_flows",
+                "Flows enqueued in a partition but not yet applied",
+                labels=["partition"],
+            ),
+            "drainer_alive": GaugeMetricFamily(
+                "flowagg_drainer_up",
+                "1 while a partition's drainer thread runs",
+                labels=["partition"],
+            ),
+        }
+        for p in stats.partitions:
+            for name, family in gauges.items():
+                family.add_metric([str(p.index)], float(getattr(p, name)))
+        yield from gauges.values()
+        yield GaugeMetricFamily(
+            "flowagg_keys", "Rows held: distinct keys summed over hours", stats.keys
+        )
+        yield GaugeMetricFamily("flowagg_hours", "Hours held", stats.hours)
+        yield CounterMetricFamily(
+            "flowagg_hours_dropped",
+            "Hour tables dropped by retention (flows still queued for an expired hour are"
+            " discarded when drained)",
+            value=stats.hours_dropped,
+        )

@@ -1,0 +1,178 @@
+"""The OpenAPI 3.1 description of the whole HTTP API, served at ``/openapi.json``.
+
+The tests check real responses against it and fuzz the API from it, so it cannot drift.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from flowagg.schema import INT64_MAX
+
+_NAME = {"type": "string", "minLength": 1}
+_COUNT = {"type": "integer", "minimum": 0, "maximum": INT64_MAX}
+
+
+def _json(schema: dict, description: str, headers: dict | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": schema}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _error(description: str, retry_after: bool = False) -> dict[str, Any]:
+    headers = {"Retry-After": {"schema": {"type": "string"}, "required": True}}
+    return _json(
+        {"$ref": "#/components/schemas/Error"}, description, headers if retry_after else None
+    )
+
+
+@cache
+def openapi_document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "flowagg",
+            "version": "1.0.0",
+            "description": "Aggregates network flow records per hour. Reads are strongly"
+            " consistent: a POST answered before a GET is sent is counted in that GET.",
+        },
+        "paths": {
+            "/flows": {
+                "post": {
+                    "summary": "Add a batch of flow records (all or none)",
+                    "operationId": "postFlows",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/FlowRecord"},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(
+                            {
+                                "type": "object",
+                                "required": ["accepted"],
+                                "properties": {"accepted": {"type": "integer", "minimum": 0}},
+                            },
+                            "Every record accepted",
+                        ),
+                        "400": _error("Malformed JSON, an invalid record, or an expired hour"),
+                        "413": _error("Body larger than FLOWAGG_MAX_BODY_BYTES"),
+                        "503": _error(
+                            "Buffers full past the enqueue timeout; nothing applied", True
+                        ),
+                    },
+                },
+                "get": {
+                    "summary": "Totals of one hour, one record per (src_app, dest_app, vpc_id)",
+                    "operationId": "getFlows",
+                    "parameters": [
+                        {
+                            "name": "hour",
+                            "in": "query",
+                            "required": True,
+                            "schema": {"type": "integer", "minimum": 0},
+                        }
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {"type": "array", "items": {"$ref": "#/components/schemas/FlowTotal"}},
+                            "Rows in order of first appearance; [] for an hour without data",
+                        ),
+                        "400": _error("Missing or invalid hour"),
+                        "503": _error("The hour's partition did not catch up in time", True),
+                    },
+                },
+            },
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness",
+                    "operationId": "healthz",
+                    "responses": {"200": _json({"$ref": "#/components/schemas/Status"}, "Alive")},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness: drainers alive, buffers below the watermark",
+                    "operationId": "readyz",
+                    "responses": {
+                        "200": _json({"$ref": "#/components/schemas/Status"}, "Ready"),
+                        "503": _json({"$ref": "#/components/schemas/Status"}, "Not ready"),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "operationId": "metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "operationId": "openapi",
+                    "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document")},
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "FlowRecord": {
+                    "type": "object",
+                    "required": ["src_app", "dest_app", "vpc_id", "bytes_tx", "bytes_rx", "hour"],
+                    "properties": {
+                        "src_app": _NAME,
+                        "dest_app": _NAME,
+                        "vpc_id": _NAME,
+                        "bytes_tx": _COUNT,
+                        "bytes_rx": _COUNT,
+                        "hour": _COUNT,
+                    },
+                },
+                "FlowTotal": {
+                    "description": "Summed counters; exact at any size (may exceed 64 bits)",
+                    "type": "object",
+                    "required": ["src_app", "dest_app", "vpc_id", "bytes_tx", "bytes_rx", "hour"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "src_app": _NAME,
+                        "dest_app": _NAME,
+                        "vpc_id": _NAME,
+                        "bytes_tx": {"type": "integer", "minimum": 0},
+                        "bytes_rx": {"type": "integer", "minimum": 0},
+                        "hour": _COUNT,
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "additionalProperties": False,
+                    "properties": {"error": {"type": "string", "minLength": 1}},
+                },
+                "Status": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {
+                        "status": {"enum": ["ok", "ready", "unready"]},
+                        "failed": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+            }
+        },
+    }

@@ -1,0 +1,111 @@
+"""The OpenAPI document: real responses conform to it, and fuzzing from it finds no 5xx."""
+
+import json
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.specs.openapi.checks import positive_data_acceptance
+
+from flowagg import create_app
+from flowagg.openapi import openapi_document
+from tests.conftest import WAIT_TIMEOUT, flow
+
+
+@pytest.fixture(scope="module")
+def fuzz_app():
+    app = create_app({"FLOWAGG_PARTITIONS": 4, "FLOWAGG_LOG_LEVEL": "warning"})
+    yield app
+    assert app.extensions["flowagg"].close(WAIT_TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzz_app):
+    return schemathesis.openapi.from_wsgi("/openapi.json", fuzz_app)
+
+
+def test_document_is_served_and_complete(client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    document = response.get_json()
+    assert document == json.loads(json.dumps(openapi_document()))
+    assert document["openapi"] == "3.1.0"
+    assert set(document["paths"]) == {"/flows", "/healthz", "/readyz", "/metrics", "/openapi.json"}
+    # Every route the app serves is documented (HEAD and OPTIONS come with GET).
+    served = {
+        (rule.rule, method.lower())
+        for rule in client.application.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
+    documented = {(path, method) for path, ops in document["paths"].items() for method in ops}
+    assert served == documented
+
+
+REAL_REQUESTS = [
+    ("POST", "/flows", json.dumps([flow(), flow(hour=2)]), 200),
+    ("POST", "/flows", "[]", 200),
+    ("POST", "/flows", json.dumps([{**flow(), "bytes_tx": -1}]), 400),
+    ("POST", "/flows", "nope", 400),
+    ("GET", "/flows?hour=1", None, 200),
+    ("GET", "/flows?hour=999", None, 200),
+    ("GET", "/flows?hour=x", None, 400),
+    ("GET", "/flows", None, 400),
+    ("GET", "/healthz", None, 200),
+    ("GET", "/readyz", None, 200),
+    ("GET", "/metrics", None, 200),
+    ("GET", "/openapi.json", None, 200),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "body", "status"),
+    REAL_REQUESTS,
+    ids=[f"{m} {u} {s}" for m, u, _, s in REAL_REQUESTS],
+)
+def test_real_responses_conform_to_the_document(fuzz_app, api_schema, method, url, body, status):
+    client = fuzz_app.test_client()
+    client.post("/flows", data=json.dumps([flow(tx=2**63 - 1)] * 3))  # sums beyond 64 bits
+    response = client.open(url, method=method, data=body)
+    assert response.status_code == status
+    api_schema[url.split("?")[0]][method].validate_response(response)
+
+
+def test_big_sums_conform(fuzz_app, api_schema):
+    client = fuzz_app.test_client()
+    client.post("/flows", data=json.dumps([flow(hour=77, tx=2**63 - 1)] * 4))
+    response = client.get("/flows?hour=77")
+    assert response.get_json()[0]["bytes_tx"] == 4 * (2**63 - 1)
+    api_schema["/flows"]["GET"].validate_response(response)
+
+
+FUZZED = [("/flows", "POST"), ("/flows", "GET")]
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=str)
+@pytest.mark.parametrize(("path", "method"), FUZZED, ids=[f"{m} {p}" for p, m in FUZZED])
+def test_fuzzed_requests_never_get_5xx(api_schema, path, method, mode):
+    """Bounded fuzzing from the document: valid and invalid requests alike never get a 5xx,
+    and every response matches the document (status, content type, body)."""
+
+    @given(case=api_schema[path][method].as_strategy(generation_mode=mode))
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    def run(case):
+        response = case.call_and_validate(excluded_checks=[positive_data_acceptance])
+        assert response.status_code < 500
+        if mode is GenerationMode.POSITIVE and response.status_code == 400:
+            # JSON Schema counts 1.0 as an integer; the API insists on integer literals.
+            assert _has_float(case.body), response.text
+
+    run()
+
+
+def _has_float(value) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    return False

@@ -1,0 +1,384 @@
+"""Health, readiness, metrics, backpressure, retention and request logs."""
+
+import gc
+import json
+import threading
+import tracemalloc
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from flowagg import create_app
+from tests.conftest import WAIT_TIMEOUT, Flows, flow, wait_until
+
+
+@pytest.fixture
+def make_app():
+    """Create apps with a given config; every store is closed on teardown."""
+    apps = []
+
+    def make(**config):
+        app = create_app({"FLOWAGG_PARTITIONS": 4, "FLOWAGG_BUFFER_CAPACITY": 1024, **config})
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        assert app.extensions["flowagg"].close(WAIT_TIMEOUT)
+
+
+class Stall:
+    """Holds a partition's drainer inside its merge until released."""
+
+    def __init__(self, partition):
+        self.partition = partition
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        original = partition._merge
+
+        def stalled_merge(sums):
+            self.entered.set()
+            assert self.release.wait(WAIT_TIMEOUT)
+            original(sums)
+
+        partition._merge = stalled_merge
+
+
+def scrape(client) -> dict:
+    """Every sample of /metrics as {(name, frozenset(labels)): value}."""
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    samples = {}
+    for family in text_string_to_metric_families(response.get_data(as_text=True)):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
+
+
+def value(samples, name, **labels):
+    return samples[(name, frozenset(labels.items()))]
+
+
+# -- health and readiness ----------------------------------------------------------------------
+
+
+def test_healthz(client):
+    response = client.get("/healthz")
+    assert (response.status_code, response.get_json()) == (200, {"status": "ok"})
+
+
+def test_readyz_ready(client):
+    response = client.get("/readyz")
+    assert (response.status_code, response.get_json()) == (200, {"status": "ready"})
+
+
+def test_readyz_fails_when_a_drainer_is_not_running(make_app, monkeypatch):
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the death is the point
+    app = make_app()
+    partition = app.extensions["flowagg"].partitions[2]
+
+    def dying_merge(sums):
+        raise SystemExit  # ends the drainer thread (the loop only survives Exception)
+
+    partition._merge = dying_merge
+    Flows(app.test_client()).post([flow(hour=2)])
+    wait_until(lambda: not partition.drainer_alive)
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json() == {
+        "status": "unready",
+        "failed": ["drainer: partition 2 drainer is not running"],
+    }
+    samples = scrape(app.test_client())
+    assert value(samples, "flowagg_drainer_up", partition="2") == 0
+    assert value(samples, "flowagg_drainer_up", partition="1") == 1
+    partition._retry = []  # let teardown's close() finish without the dead thread's batch
+
+
+def test_readyz_fails_while_a_buffer_is_above_the_watermark(make_app):
+    app = make_app(FLOWAGG_BUFFER_CAPACITY=10, FLOWAGG_READY_BUFFER_PERCENT=50)
+    client, flows = app.test_client(), Flows(app.test_client())
+    stall = Stall(app.extensions["flowagg"].partitions[1])
+    try:
+        flows.post([flow(hour=1)])  # taken by the drainer, which now stalls
+        assert stall.entered.wait(WAIT_TIMEOUT)
+        flows.post([flow(hour=1)] * 5)  # 5 of 10: at the watermark, still ready
+        assert client.get("/readyz").status_code == 200
+        flows.post([flow(hour=5)])  # 6 of 10
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert response.get_json()["failed"] == [
+            "buffer: partition 1 holds 6 of 10 flows (above 50%)"
+        ]
+    finally:
+        stall.release.set()
+    assert flows.get(1) == [flow(hour=1, tx=6, rx=12)]
+    assert client.get("/readyz").status_code == 200
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def test_metrics_move_by_exact_amounts(make_app):
+    app = make_app(FLOWAGG_MAX_BODY_BYTES=2000)
+    client, flows = app.test_client(), Flows(app.test_client())
+    before = scrape(client)
+    assert value(before, "flowagg_requests_accepted_total") == 0
+    assert value(before, "flowagg_buffer_capacity_flows", partition="3") == 1024
+
+    flows.post([flow(src="a"), flow(src="b"), flow(src="a", hour=2)])
+    flows.post([flow(src="c", hour=2), flow(src="a", hour=6)])
+    flows.post([])
+    assert client.post("/flows", data="[{}]").status_code == 400
+    assert client.post("/flows", data="x" * 3000).status_code == 413
+    for hour in (1, 2, 6):
+        flows.get(hour)
+    assert client.get("/flows?hour=x").status_code == 400
+
+    after = scrape(client)
+    assert value(after, "flowagg_requests_accepted_total") == 3
+    assert value(after, "flowagg_flows_accepted_total") == 5
+    assert value(after, "flowagg_requests_rejected_total", reason="invalid") == 1
+    assert value(after, "flowagg_requests_rejected_total", reason="too_large") == 1
+    assert value(after, "flowagg_requests_rejected_total", reason="overloaded") == 0
+    assert value(after, "flowagg_read_duration_seconds_count") == 3
+    assert value(after, "flowagg_drain_batch_flows_sum") == 5
+    assert value(after, "flowagg_keys") == 5  # (1,a) (1,b) (2,a) (2,c) (6,a)
+    assert value(after, "flowagg_hours") == 3
+    assert value(after, "flowagg_drain_lag_flows", partition="2") == 0
+    assert value(after, "flowagg_buffer_depth_flows", partition="2") == 0
+
+
+def test_metric_labels_never_carry_flow_keys(make_app):
+    app = make_app()
+    Flows(app.test_client()).post([flow(src=f"app-{i}") for i in range(50)])
+    Flows(app.test_client()).get(1)
+    for _name, labels in scrape(app.test_client()):
+        assert set(dict(labels)) <= {"partition", "reason", "le"}
+
+
+def test_apps_have_separate_registries(make_app):
+    first, second = make_app(), make_app()
+    Flows(first.test_client()).post([flow()])
+    assert value(scrape(first.test_client()), "flowagg_flows_accepted_total") == 1
+    assert value(scrape(second.test_client()), "flowagg_flows_accepted_total") == 0
+
+
+# -- backpressure ------------------------------------------------------------------------------
+
+
+def test_full_buffer_answers_503_and_applies_nothing(make_app):
+    app = make_app(FLOWAGG_BUFFER_CAPACITY=4, FLOWAGG_ENQUEUE_TIMEOUT_MS=50)
+    client, flows = app.test_client(), Flows(app.test_client())
+    stall = Stall(app.extensions["flowagg"].partitions[1])
+    try:
+        flows.post([flow(hour=1)])
+        assert stall.entered.wait(WAIT_TIMEOUT)  # the drainer holds this batch
+        flows.post([flow(hour=1)] * 4)  # partition 1's buffer is now full
+        # Partition 0 has room and is reserved first; partition 1 has none: nothing may land.
+        response = client.post("/flows", data=json.dumps([flow(hour=0), flow(hour=5)]))
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert response.get_json()["error"].startswith(
+            "overloaded: partition 1 had no room for 1 flows within 0.05 s"
+        )
+        # Other partitions keep ingesting and answering.
+        flows.post([flow(hour=2)])
+        assert flows.get(2) == [flow(hour=2)]
+    finally:
+        stall.release.set()
+    assert flows.get(0) == []
+    assert flows.get(5) == []
+    assert flows.get(1) == [flow(hour=1, tx=5, rx=10)]
+    assert value(scrape(client), "flowagg_requests_rejected_total", reason="overloaded") == 1
+    # Room is back: the same request now succeeds.
+    flows.post([flow(hour=0), flow(hour=5)])
+    assert flows.get(0) == [flow(hour=0)]
+
+
+def test_a_waiting_post_succeeds_when_room_appears(make_app):
+    app = make_app(FLOWAGG_BUFFER_CAPACITY=2, FLOWAGG_ENQUEUE_TIMEOUT_MS=int(WAIT_TIMEOUT * 1000))
+    flows = Flows(app.test_client())
+    stall = Stall(app.extensions["flowagg"].partitions[3])
+    flows.post([flow(hour=3)])
+    assert stall.entered.wait(WAIT_TIMEOUT)
+    flows.post([flow(hour=3)] * 2)  # full
+    started, done = threading.Event(), threading.Event()
+    result = []
+
+    def blocked_post():
+        started.set()
+        result.append(Flows(app.test_client()).post([flow(hour=7)]))
+        done.set()
+
+    t = threading.Thread(target=blocked_post)
+    t.start()
+    try:
+        assert started.wait(WAIT_TIMEOUT)
+        assert not done.is_set()  # cannot have been accepted: no room until the stall ends
+    finally:
+        stall.release.set()
+        t.join(WAIT_TIMEOUT)
+    assert result == [{"accepted": 1}]
+    assert flows.get(7) == [flow(hour=7)]
+    assert flows.get(3) == [flow(hour=3, tx=3, rx=6)]
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+def test_retention_drops_and_rejects_exactly_at_the_window_edge(make_app):
+    app = make_app(FLOWAGG_RETENTION_HOURS=2)
+    client, flows = app.test_client(), Flows(app.test_client())
+    flows.post([flow(hour=10), flow(hour=8), flow(hour=9)])  # window [8, 10]
+    response = client.post("/flows", data=json.dumps([flow(hour=9), flow(hour=7)]))
+    assert response.status_code == 400
+    assert response.get_json() == {
+        "error": "$[1].hour: hour 7 is outside the retention window [8, 10];"
+        " older hours are no longer kept"
+    }
+    assert flows.get(9) == [flow(hour=9)]  # the rejected request's hour-9 record was not applied
+
+    app.extensions["flowagg"].flush(WAIT_TIMEOUT)  # hour 8 is in its table, not in flight
+    flows.post([flow(hour=11)])  # window [9, 11]: hour 8 drops
+    app.extensions["flowagg"].flush(WAIT_TIMEOUT)
+    assert flows.get(8) == []
+    assert flows.get(9) == [flow(hour=9)]
+    samples = scrape(client)
+    assert value(samples, "flowagg_hours_dropped_total") == 1
+    assert value(samples, "flowagg_hours") == 3
+    assert value(samples, "flowagg_requests_rejected_total", reason="expired") == 1
+
+    # A rejected request does not move the window, even if it carried a newer hour.
+    response = client.post("/flows", data=json.dumps([flow(hour=30), flow(hour=9)]))
+    assert response.status_code == 400
+    assert "hour 9 is outside the retention window [28, 30]" in response.get_json()["error"]
+    flows.post([flow(hour=9)])
+    assert flows.get(9) == [flow(hour=9, tx=2, rx=4)]
+
+
+def test_retention_zero_keeps_only_the_newest_hour(make_app):
+    app = make_app(FLOWAGG_RETENTION_HOURS=0)
+    flows = Flows(app.test_client())
+    flows.post([flow(hour=4)])
+    flows.post([flow(hour=5)])
+    assert flows.get(4) == []
+    assert flows.get(5) == [flow(hour=5)]
+    flows.post([flow(hour=5)])
+    flows.post([flow(hour=4)], status=400)
+
+
+def test_flows_queued_for_an_hour_that_expires_are_not_resurrected(make_app):
+    app = make_app(FLOWAGG_RETENTION_HOURS=1, FLOWAGG_PARTITIONS=2)
+    store = app.extensions["flowagg"]
+    flows = Flows(app.test_client())
+    stall = Stall(store.partitions[0])
+    try:
+        flows.post([flow(hour=2)])
+        assert stall.entered.wait(WAIT_TIMEOUT)
+        flows.post([flow(hour=2, tx=5)])  # queued behind the stalled batch
+        flows.post([flow(hour=5)])  # window [4, 5]: hour 2 expires while still queued
+    finally:
+        stall.release.set()
+    store.flush(WAIT_TIMEOUT)
+    assert flows.get(2) == []
+    assert store.stats().hours == 1
+
+
+def test_memory_stays_flat_while_hours_advance(make_app):
+    # Request lines off: the test harness keeps every log record it captures.
+    app = make_app(FLOWAGG_RETENTION_HOURS=3, FLOWAGG_LOG_LEVEL="warning")
+    store = app.extensions["flowagg"]
+    flows = Flows(app.test_client())
+    batch = [flow(src=f"app-{k}") for k in range(20)]
+
+    def advance(hours):
+        for hour in hours:
+            for record in batch:
+                record["hour"] = hour
+            flows.post(batch)
+        store.flush(WAIT_TIMEOUT)
+        gc.collect()  # request objects in reference cycles are garbage, not growth
+
+    advance(range(0, 500))  # warm up caches and allocator pools
+    tracemalloc.start()
+    try:
+        advance(range(500, 1000))
+        early, _ = tracemalloc.get_traced_memory()
+        advance(range(1000, 3000))
+        late, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    stats = store.stats()
+    assert stats.hours == 4 and stats.keys == 4 * 20
+    # 2,000 more hours of data; what stays allocated must not grow with them.
+    assert late - early < 64 * 1024, f"grew by {late - early} bytes"
+
+
+# -- request log -------------------------------------------------------------------------------
+
+
+def log_lines(capsys) -> list[dict]:
+    return [
+        json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
+    ]
+
+
+def test_one_json_log_line_per_request_with_request_id(make_app, capsys):
+    app = make_app(FLOWAGG_LOG_FORMAT="json")
+    client = app.test_client()
+    capsys.readouterr()
+    response = client.post(
+        "/flows", data=json.dumps([flow(), flow()]), headers={"X-Request-ID": "agent-7.batch-42"}
+    )
+    assert response.headers["X-Request-ID"] == "agent-7.batch-42"
+    [line] = [entry for entry in log_lines(capsys) if entry["logger"] == "flowagg.access"]
+    assert line["level"] == "info"
+    assert {k: line[k] for k in ("method", "path", "status", "accepted", "request_id")} == {
+        "method": "POST",
+        "path": "/flows",
+        "status": 200,
+        "accepted": 2,
+        "request_id": "agent-7.batch-42",
+    }
+    assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
+
+
+@pytest.mark.parametrize("given", [None, "", "has spaces", "x" * 129, 'quote"s'])
+def test_missing_or_unusable_request_id_is_generated(make_app, capsys, given):
+    app = make_app(FLOWAGG_LOG_FORMAT="json")
+    headers = {} if given is None else {"X-Request-ID": given}
+    capsys.readouterr()
+    response = app.test_client().get("/flows?hour=1", headers=headers)
+    rid = response.headers["X-Request-ID"]
+    assert len(rid) == 32 and int(rid, 16) >= 0
+    [line] = [e for e in log_lines(capsys) if e["logger"] == "flowagg.access"]
+    assert (line["request_id"], line["status"]) == (rid, 200)
+    assert "accepted" not in line
+
+
+def test_error_responses_are_logged_too(make_app, capsys):
+    app = make_app(FLOWAGG_LOG_FORMAT="json")
+    capsys.readouterr()
+    app.test_client().get("/flows?hour=-1")
+    [line] = [e for e in log_lines(capsys) if e["logger"] == "flowagg.access"]
+    assert (line["path"], line["status"]) == ("/flows", 400)
+
+
+def test_text_log_line(make_app, capsys):
+    app = make_app(FLOWAGG_LOG_FORMAT="text")
+    capsys.readouterr()
+    app.test_client().post("/flows", data="[]", headers={"X-Request-ID": "r1"})
+    [line] = [x for x in capsys.readouterr().err.splitlines() if " flowagg.access " in x]
+    assert " info flowagg.access request method=POST path=/flows status=200 " in line
+    assert line.endswith(" request_id=r1 accepted=0")
+
+
+def test_startup_logs_the_effective_configuration_once(capsys, make_app):
+    capsys.readouterr()
+    make_app(FLOWAGG_LOG_FORMAT="json", FLOWAGG_RETENTION_HOURS=48)
+    lines = [e for e in log_lines(capsys) if e["msg"] == "starting"]
+    assert len(lines) == 1
+    assert lines[0]["FLOWAGG_RETENTION_HOURS"] == 48
+    assert lines[0]["FLOWAGG_PARTITIONS"] == 4

@@ -41,6 +41,10 @@ class Partition:
         # Guards _tables: readers copy rows out, the drainer merges batches in.
         self.lock = RWLock()
         self._tables: dict[int, HourTable] = {}
+        # Sequence number of the last flow in _tables; written under the write lock, so a copy
+        # of the tables made under the read lock knows exactly which flows it holds.
+        self._tables_seq = 0
+        self._batch_seq = 0  # sequence number of the batch being merged (drainer only)
         # Guards _applied_seq; `applied` is notified by the drainer after each merge.
         self._progress = threading.Lock()
         self.applied = threading.Condition(self._progress)
@@ -78,6 +82,7 @@ class Partition:
             batch = self._retry + batch
         if batch:
             self._retry = batch  # kept until merged, so an exception below loses nothing
+            self._batch_seq = seq
             self._merge(self._sum(batch))
             self._retry = []
         self._publish(seq)
@@ -107,6 +112,7 @@ class Partition:
                 if table is None:
                     table = self._tables[hour] = HourTable()
                 table.merge(rows)
+            self._tables_seq = self._batch_seq
 
     def _publish(self, seq: int) -> None:
         with self._progress:
@@ -154,6 +160,21 @@ class Partition:
         with self.lock.read_lock():
             table = self._tables.get(hour)
             return table.rows() if table is not None else []
+
+    def copy_tables(self) -> tuple[dict[int, list[Row]], int]:
+        """Every hour's rows, and the sequence number of the last flow they include."""
+        with self.lock.read_lock():
+            return {hour: t.rows() for hour, t in self._tables.items()}, self._tables_seq
+
+    # -- start-up --------------------------------------------------------------------------
+
+    def load(self, sums: BatchSums) -> None:
+        """Merge already summed rows (a snapshot) into the tables, bypassing the buffer."""
+        self._merge(sums)
+
+    def apply(self, flows: Sequence[Flow]) -> None:
+        """Sum and merge ``flows`` now, bypassing the buffer (replaying a log at start-up)."""
+        self._merge(self._sum(flows))
 
     # -- lifecycle -------------------------------------------------------------------------
 

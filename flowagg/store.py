@@ -15,14 +15,22 @@ from flowagg.ringbuffer import Closed, deadline_after, remaining
 from flowagg.schema import Flow
 from flowagg.table import Row
 
-__all__ = ["Closed", "FlowStore", "PartitionedStore", "ReadTimeout", "Row"]
+__all__ = ["Closed", "FlowStore", "PartitionedStore", "ReadTimeout", "Row", "Unavailable"]
 
 log = logging.getLogger(__name__)
 
 
+class Unavailable(Exception):
+    """The store cannot take writes (its log failed); answered 503 with the reason."""
+
+
 class FlowStore(Protocol):
-    def ingest(self, flows: Sequence[Flow]) -> int:
-        """Apply a validated batch (eventually, but visibly to any later read); returns its size."""
+    def ingest(self, flows: Sequence[Flow], idempotency_key: str | None = None) -> int:
+        """Apply a validated batch (eventually, but visibly to any later read); returns its size.
+
+        A store that keeps idempotency keys applies a batch whose key it has seen at most once
+        and returns the original size again.
+        """
 
     def read_hour(self, hour: int, timeout: float | None = None) -> list[Row]:
         """Summed rows of ``hour`` including every batch ingested before the call."""
@@ -63,8 +71,11 @@ class PartitionedStore:
                 part.append(flow)
         return parts
 
-    def ingest(self, flows: Sequence[Flow]) -> int:
-        """Enqueue every part of the batch; returns once all are enqueued (not yet applied)."""
+    def ingest(self, flows: Sequence[Flow], idempotency_key: str | None = None) -> int:
+        """Enqueue every part of the batch; returns once all are enqueued (not yet applied).
+
+        Keeps no idempotency keys: in memory, every request is applied (see durable.py).
+        """
         for index, part in self.split(flows).items():
             self.partitions[index].enqueue(part)
         return len(flows)

@@ -8,14 +8,16 @@ import re
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
+from flowagg.idempotency import MAX_KEY_LENGTH, KeyReused
 from flowagg.schema import INT64_MAX, Flow, InvalidBody, decode_flows, encode
-from flowagg.store import Closed, FlowStore, ReadTimeout
+from flowagg.store import Closed, FlowStore, ReadTimeout, Unavailable
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("flows", __name__)
 
 _HOUR = re.compile(r"[0-9]+")
+_IDEMPOTENCY_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
 
 
 class BadRequest(Exception):
@@ -30,8 +32,9 @@ def get_store() -> FlowStore:
 def post_flows() -> Response:
     # get_data() reads the raw body whatever the Content-Type (curl -d sends a form type) and
     # raises 413 before reading when Content-Length exceeds MAX_CONTENT_LENGTH.
+    key = parse_idempotency_key(request.headers.getlist("Idempotency-Key"))
     flows = decode_flows(request.get_data(cache=False))
-    accepted = get_store().ingest(flows)
+    accepted = get_store().ingest(flows, idempotency_key=key)
     return json_response({"accepted": accepted})
 
 
@@ -55,6 +58,18 @@ def parse_hour(values: list[str]) -> int:
         shown = values[0] if len(values[0]) <= 40 else values[0][:37] + "..."
         raise BadRequest(f"query parameter 'hour' must be a non-negative integer, got {shown!r}")
     return int(values[0])
+
+
+def parse_idempotency_key(values: list[str]) -> str | None:
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest("header Idempotency-Key must be given once")
+    if not _IDEMPOTENCY_KEY.fullmatch(values[0]):
+        raise BadRequest(
+            f"header Idempotency-Key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters"
+        )
+    return values[0]
 
 
 def json_response(value: object, status: int = 200) -> Response:
@@ -99,6 +114,17 @@ def on_closed(exc: Closed) -> Response:
     response = error(503, "service is shutting down")
     response.headers["Retry-After"] = "1"
     return response
+
+
+@bp.app_errorhandler(KeyReused)
+def on_key_reused(exc: KeyReused) -> Response:
+    return error(422, str(exc))
+
+
+@bp.app_errorhandler(Unavailable)
+def on_unavailable(exc: Unavailable) -> Response:
+    # Logged once where the log failed; every POST after that is refused the same way.
+    return error(503, f"cannot store the request: {exc}")
 
 
 @bp.app_errorhandler(Exception)

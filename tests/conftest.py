@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from waitress import wasyncore
 from waitress.server import create_server
 
 from flowagg import create_app
@@ -28,9 +29,17 @@ def flow(src="foo", dest="bar", vpc="vpc-0", tx=1, rx=2, hour=1) -> dict:
     }
 
 
+@pytest.fixture(params=["memory", "durable"])
+def store_config(request, tmp_path) -> dict:
+    """Run the API and concurrency tests against both stores: the contract is the same."""
+    if request.param == "memory":
+        return {}
+    return {"FLOWAGG_DATA_DIR": str(tmp_path / "data")}
+
+
 @pytest.fixture
-def app() -> Iterator[Flask]:
-    app = create_app({"FLOWAGG_PARTITIONS": 4, "FLOWAGG_BUFFER_CAPACITY": 1024})
+def app(store_config) -> Iterator[Flask]:
+    app = create_app({"FLOWAGG_PARTITIONS": 4, "FLOWAGG_BUFFER_CAPACITY": 1024, **store_config})
     yield app
     assert app.extensions["flowagg"].close(WAIT_TIMEOUT), "a drainer did not stop"
 
@@ -68,9 +77,21 @@ class LiveServer:
 
     def __init__(self, app: Flask, threads: int = 8) -> None:
         self.app = app
-        self.server = create_server(app, host="127.0.0.1", port=0, threads=threads)
+        self.socket_map: dict = {}
+        self.server = create_server(
+            app, map=self.socket_map, host="127.0.0.1", port=0, threads=threads
+        )
         self.port = self.server.effective_port
-        self.thread = threading.Thread(target=self.server.run, name="waitress-main", daemon=True)
+        self._stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="waitress-main", daemon=True)
+
+    def _run(self) -> None:
+        # One poll at a time, so that stop() is noticed; only this thread touches the sockets,
+        # so none is closed under a select() in progress.
+        while not self._stopping.is_set():
+            wasyncore.loop(timeout=1.0, map=self.socket_map, count=1)
+        for channel in list(self.socket_map.values()):
+            channel.close()
 
     def connection(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=WAIT_TIMEOUT)
@@ -86,20 +107,26 @@ class LiveServer:
             conn.close()
 
     def stop(self) -> None:
-        self.server.close()
         self.server.task_dispatcher.shutdown(timeout=WAIT_TIMEOUT)
+        self._stopping.set()
+        self.server.pull_trigger()  # wake the loop
         self.thread.join(WAIT_TIMEOUT)
         assert not self.thread.is_alive(), "waitress did not stop"
 
 
 @pytest.fixture
-def start_server() -> Iterator[Callable[..., LiveServer]]:
+def start_server(store_config) -> Iterator[Callable[..., LiveServer]]:
     """Start a real waitress server with the given config; stopped and closed on teardown."""
     servers: list[LiveServer] = []
 
     def start(config: dict | None = None) -> LiveServer:
         app = create_app(
-            {"FLOWAGG_PARTITIONS": 8, "FLOWAGG_BUFFER_CAPACITY": 4096, **(config or {})}
+            {
+                "FLOWAGG_PARTITIONS": 8,
+                "FLOWAGG_BUFFER_CAPACITY": 4096,
+                **store_config,
+                **(config or {}),
+            }
         )
         server = LiveServer(app)
         servers.append(server)

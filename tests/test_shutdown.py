@@ -1,10 +1,14 @@
 """Start-up and shutdown of the service in its own process, with a data directory."""
 
+import atexit
 import json
 import signal
 
 import pytest
 
+from flowagg.durable import DurableStore
+from flowagg.schema import Flow
+from flowagg.shutdown import exit_on_sigterm
 from tests.conftest import flow
 from tests.serverproc import MODULE, WAITRESS, ServerProcess
 
@@ -72,3 +76,29 @@ def test_second_server_on_the_same_data_dir_is_refused(tmp_path):
         assert "is in use by another flowagg process" in second.stderr
     finally:
         assert first.stop() == 0
+
+
+def test_sigterm_handler_exits_0_and_the_store_closes_at_exit(tmp_path, monkeypatch):
+    """What waitress-serve relies on, in process: SystemExit(0) now, the store closed at exit."""
+    registered = []
+    monkeypatch.setattr(atexit, "register", lambda *call: registered.append(call))
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    store = DurableStore(tmp_path, partitions=2)
+    try:
+        exit_on_sigterm(store)
+        store.ingest([Flow("a", "b", "v", 1, 2, 1)])
+        with pytest.raises(SystemExit) as exited:
+            signal.raise_signal(signal.SIGTERM)
+        assert exited.value.code == 0
+        [(close_at_exit, *args)] = registered
+        assert not store.closed
+        close_at_exit(*args)
+        assert store.closed
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        store.close()
+    reopened = DurableStore(tmp_path, partitions=2)
+    try:
+        assert reopened.read_hour(1) == [("a", "b", "v", 1, 2)]
+    finally:
+        assert reopened.close()

@@ -27,7 +27,7 @@ first skip_i flows (routing by the partition count the snapshot was taken with).
 is counted exactly once, whatever the drainers did during the copy, and restart time and disk use
 are bounded by the number of distinct rows plus FLOWAGG_SNAPSHOT_BYTES of log.
 
-Start-up (``recover``) takes the directory lock, loads the newest snapshot, replays the logs after
+Start-up (``_recover``) takes the directory lock, loads the newest snapshot, replays the logs after
 it (cutting a torn tail off the newest one, refusing any other damage), then opens a new log; the
 app accepts traffic only after that. If anything was replayed, a snapshot follows in the
 background, so repeated restarts do not pile up logs.
@@ -272,7 +272,7 @@ class DurableStore(PartitionedStore):
             return not self._closed
 
     def compact_once(self, timeout: float | None = None) -> None:
-        """Wait until a snapshot is due, then take it (the snapshot thread's step, for tests)."""
+        """Wait until a snapshot is due, then take it, in the calling thread."""
         if not self._wait_for_compaction(timeout):
             raise Closed("store is closed")
         self.write_snapshot(self.begin_snapshot())

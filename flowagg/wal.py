@@ -243,11 +243,6 @@ class WriteAheadLog:
     # -- writing ---------------------------------------------------------------------------
 
     @property
-    def generation(self) -> int:
-        with self._mutex:
-            return self._generation
-
-    @property
     def size(self) -> int:
         """Bytes in the current file, header included."""
         with self._mutex:
@@ -392,11 +387,6 @@ class WriteAheadLog:
         if self._failed is None:
             self._failed = exc
         self.synced.notify_all()
-
-    @property
-    def failed(self) -> BaseException | None:
-        with self._mutex:
-            return self._failed
 
     def close(self, timeout: float | None = None) -> bool:
         """Refuse new records, stop the fsync thread, sync everything, close the files.

@@ -72,7 +72,26 @@ def flows(client: FlaskClient) -> Flows:
     return Flows(client)
 
 
-class LiveServer:
+class Client:
+    """HTTP to a server listening on 127.0.0.1:``port``."""
+
+    port: int
+
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=WAIT_TIMEOUT)
+
+    def request(self, method: str, path: str, body=None, headers=None):
+        """One request on a new connection; returns (status, parsed JSON body)."""
+        conn = self.connection()
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, json.loads(response.read())
+        finally:
+            conn.close()
+
+
+class LiveServer(Client):
     """A real waitress server on 127.0.0.1 running the app in this process."""
 
     def __init__(self, app: Flask, threads: int = 8) -> None:
@@ -92,19 +111,6 @@ class LiveServer:
             wasyncore.loop(timeout=1.0, map=self.socket_map, count=1)
         for channel in list(self.socket_map.values()):
             channel.close()
-
-    def connection(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=WAIT_TIMEOUT)
-
-    def request(self, method: str, path: str, body=None, headers=None):
-        """One request on a new connection; returns (status, parsed JSON body)."""
-        conn = self.connection()
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            conn.close()
 
     def stop(self) -> None:
         self.server.task_dispatcher.shutdown(timeout=WAIT_TIMEOUT)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import re
 import signal
@@ -12,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from tests.conftest import WAIT_TIMEOUT
+from tests.conftest import WAIT_TIMEOUT, Client
 
 ROOT = Path(__file__).resolve().parent.parent
 WAITRESS = [str(Path(sys.executable).with_name("waitress-serve")), "--host=127.0.0.1", "--port=0"]
@@ -20,7 +18,7 @@ MODULE = [sys.executable, "-m", "flowagg", "--host=127.0.0.1", "--port=0"]
 _SERVING = re.compile(r"Serving on http://127\.0\.0\.1:(\d+)")
 
 
-class ServerProcess:
+class ServerProcess(Client):
     """Starts ``argv`` with ``FLOWAGG_*`` settings ``env`` and waits until it serves.
 
     stderr is read by a thread into ``lines``, so a chatty server never blocks on a full pipe.
@@ -59,19 +57,6 @@ class ServerProcess:
         assert self._ready.wait(timeout), "server did not start in time"
         assert self.port is not None, f"server did not start:\n{self.stderr}"
         return self
-
-    def connection(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=WAIT_TIMEOUT)
-
-    def request(self, method: str, path: str, body=None, headers=None):
-        """One request on a new connection; returns (status, parsed JSON body)."""
-        conn = self.connection()
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, json.loads(response.read())
-        finally:
-            conn.close()
 
     def rows(self, hours) -> list[dict]:
         rows = []

@@ -306,7 +306,9 @@ class DurableStore(PartitionedStore):
                     writer.add_rows(hour, rows)
                 del tables
             with self._gate:
-                keys = self._keys.copy(self._clock())
+                now = self._clock()
+                self._keys.expire(now)  # also frees keys when keyed requests have stopped
+                keys = self._keys.copy(now)
             writer.add_keys(keys)
             writer.finish(cut.generation, len(self.partitions), skip)
             self._wal.sync()  # every flow the snapshot holds is now in a record on disk

@@ -373,3 +373,13 @@ def test_http_bad_idempotency_key_is_400(durable_app, key):
         {"error": "header Idempotency-Key must be 1 to 255 visible ASCII characters"},
     )
     assert client.get("/flows?hour=1").get_json() == []
+
+
+def test_a_snapshot_forgets_expired_keys_even_without_new_keyed_requests(stores):
+    now = [1_000_000.0]
+    store = stores(idempotency_ttl_s=60, clock=lambda: now[0], start=False)
+    store.ingest([F()], idempotency_key="old")
+    now[0] += 61
+    store.ingest([F()])
+    snapshot_now(store)
+    assert len(store._keys) == 0

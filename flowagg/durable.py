@@ -17,11 +17,11 @@ Compaction. When the log outgrows ``FLOWAGG_SNAPSHOT_BYTES`` the ``flowagg-snaps
      at cut_i, so the copy also holds the first applied_i - cut_i flows that partition received
      from log G -- by the ordering above, exactly its first flows in log G's record order. That
      count is the partition's ``skip``, stored in the snapshot.
-  3. Copies the idempotency keys (every key of logs before G, perhaps some of G: replay
-     re-adding those is harmless), writes the snapshot to a temporary file, fsyncs the log once
-     more (so every flow the snapshot holds is in a record on disk: no crash can then leave half
-     a request), renames the snapshot into place, fsyncs the directory and deletes the logs and
-     snapshots before G.
+  3. Adds the idempotency keys of the logs before G (set apart at the cut and written without
+     the gate; the keys of log G are replayed from it), fsyncs the snapshot's temporary file,
+     fsyncs the log once more (so every flow the snapshot holds is in a record on disk: no crash
+     can then leave half a request), renames the snapshot into place, fsyncs the directory and
+     deletes the logs and snapshots before G.
 Replay loads the snapshot, then replays logs G, G+1, ...; in log G it drops each partition's
 first skip_i flows (routing by the partition count the snapshot was taken with). So every flow
 is counted exactly once, whatever the drainers did during the copy, and restart time and disk use
@@ -286,6 +286,7 @@ class DurableStore(PartitionedStore):
             self._wal.sync()  # the rest: nothing can be appended while the gate is held
             generation = self._wal.rotate()
             seqs = [p.buffer.put_seq for p in self.partitions]
+            self._keys.seal()
             self._compaction_requested = False
         return Cut(generation, seqs)
 
@@ -305,11 +306,8 @@ class DurableStore(PartitionedStore):
                 for hour, rows in tables.items():
                     writer.add_rows(hour, rows)
                 del tables
-            with self._gate:
-                now = self._clock()
-                self._keys.expire(now)  # also frees keys when keyed requests have stopped
-                keys = self._keys.copy(now)
-            writer.add_keys(keys)
+            self._keys.fold(self._clock())  # without the gate: see IdempotencyKeys
+            writer.add_keys(self._keys.snapshot_items())
             writer.finish(cut.generation, len(self.partitions), skip)
             self._wal.sync()  # every flow the snapshot holds is now in a record on disk
             writer.publish()

@@ -22,8 +22,9 @@ so it is either whole or absent; any damage in one makes start-up refuse.
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -99,10 +100,10 @@ class SnapshotWriter:
             self._file.write(frame(payload))
             self.rows += len(chunk)
 
-    def add_keys(self, entries: Sequence[tuple[str, KeyEntry]]) -> None:
-        for start in range(0, len(entries), CHUNK):
-            chunk = entries[start : start + CHUNK]
-            self._write(KeysChunk(list(chunk)))
+    def add_keys(self, entries: Iterable[tuple[str, KeyEntry]]) -> None:
+        entries = iter(entries)
+        while chunk := list(itertools.islice(entries, CHUNK)):
+            self._write(KeysChunk(chunk))
             self.keys += len(chunk)
 
     def finish(self, generation: int, partitions: int, skip: list[int]) -> None:

@@ -8,9 +8,9 @@ import pytest
 
 from flowagg import create_app
 from flowagg.durable import DataDirInUse, DurableStore
-from flowagg.idempotency import KeyReused
+from flowagg.idempotency import IdempotencyKeys, KeyEntry, KeyReused
 from flowagg.schema import Flow
-from flowagg.snapshot import load_snapshot, snapshot_path
+from flowagg.snapshot import SnapshotWriter, load_snapshot, snapshot_path
 from flowagg.store import PartitionedStore
 from flowagg.wal import CorruptFile, log_path
 from tests.conftest import WAIT_TIMEOUT, flow
@@ -383,3 +383,51 @@ def test_a_snapshot_forgets_expired_keys_even_without_new_keyed_requests(stores)
     store.ingest([F()])
     snapshot_now(store)
     assert len(store._keys) == 0
+
+
+def test_requests_and_retries_go_on_while_a_snapshot_writes_its_keys(stores, monkeypatch):
+    store = stores(start=False)
+    for i in range(5):
+        store.ingest([F(tx=i + 1)], idempotency_key=f"k{i}")
+    writing, release = threading.Event(), threading.Event()
+    add_keys = SnapshotWriter.add_keys
+
+    def paused_add_keys(writer, entries):
+        writing.set()
+        assert release.wait(WAIT_TIMEOUT)
+        add_keys(writer, entries)
+
+    monkeypatch.setattr(SnapshotWriter, "add_keys", paused_add_keys)
+    cut = store.begin_snapshot()
+    drain(store)
+    snapshot = threading.Thread(target=store.write_snapshot, args=(cut,))
+    snapshot.start()
+    try:
+        assert writing.wait(WAIT_TIMEOUT)
+        # Mid-snapshot: a new key is applied, a retry of an old one is recognised.
+        assert store.ingest([F(tx=100)], idempotency_key="new") == 1
+        assert store.ingest([F(tx=1)], idempotency_key="k0") == 1
+    finally:
+        release.set()
+        snapshot.join(WAIT_TIMEOUT)
+    drain(store)
+    expected = state(store)
+    assert expected[1] == [("a", "b", "v", 115, 12)]
+    assert store.close(WAIT_TIMEOUT)
+    reopened = stores()
+    for key in ("k0", "k4", "new"):
+        reopened.ingest([F(tx=1)] if key == "k0" else [F(tx=5 if key == "k4" else 100)], key)
+    assert state(reopened) == expected
+
+
+def test_keys_survive_a_snapshot_that_failed_before_writing_them():
+    keys = IdempotencyKeys(ttl_s=60)
+    keys.add("before-first-cut", KeyEntry(100.0, 1, 0), now=100.0)
+    keys.seal()  # a snapshot starts, then fails before fold()
+    keys.add("between-cuts", KeyEntry(101.0, 1, 0), now=101.0)
+    keys.seal()  # the retry's cut
+    keys.fold(now=102.0)
+    assert [k for k, _ in keys.snapshot_items()] == ["before-first-cut", "between-cuts"]
+    assert keys.get("before-first-cut", now=102.0) is not None
+    keys.fold(now=160.5)  # the first key's window has passed, not the second's
+    assert [k for k, _ in keys.snapshot_items()] == ["between-cuts"]

@@ -344,8 +344,10 @@ class DurableStore(PartitionedStore):
             if thread.is_alive():
                 log.warning("flowagg-snapshot still running at close")
                 ok = False
-        ok = self._wal.close(remaining(deadline)) and ok
-        os.close(self._lock_fd)  # releases the directory lock
+        try:
+            ok = self._wal.close(remaining(deadline)) and ok
+        finally:
+            os.close(self._lock_fd)  # releases the directory lock
         log.info("store closed%s", "" if ok else " with errors (see above)")
         return ok
 
@@ -455,9 +457,9 @@ def _logs_from(directory: Path, base: int, needed: bool) -> list[int]:
     logs = [g for g in _generations(directory, "wal-", ".log") if g >= base]
     for expected, found in enumerate(logs, start=base):
         if found != expected:
-            raise CorruptFile(log_path(directory, expected), 0, "log file missing")
+            raise CorruptFile(log_path(directory, expected), None, "missing; later logs exist")
     if needed and not logs:
-        raise CorruptFile(log_path(directory, base), 0, "log file missing; the snapshot needs it")
+        raise CorruptFile(log_path(directory, base), None, "missing; the snapshot needs it")
     return logs
 
 

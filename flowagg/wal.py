@@ -68,8 +68,9 @@ class LogFailed(Exception):
 class CorruptFile(Exception):
     """A log or snapshot is damaged where no crash could have torn it: start-up refuses."""
 
-    def __init__(self, path: Path, offset: int, reason: str) -> None:
-        super().__init__(f"{path} is corrupt at byte offset {offset}: {reason}")
+    def __init__(self, path: Path, offset: int | None, reason: str) -> None:
+        where = f"{path} is corrupt at byte offset {offset}" if offset is not None else str(path)
+        super().__init__(f"{where}: {reason}")
         self.path = path
         self.offset = offset
 

@@ -13,6 +13,7 @@ Two ways to run the service get it:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import signal
@@ -78,7 +79,8 @@ def serve(app: Flask, shutdown_timeout: float = 30.0, **adjustments: Any) -> int
 
     def on_signal(signum: int, frame: Any) -> None:
         stopping.set()
-        server.pull_trigger()  # wake the loop
+        with contextlib.suppress(OSError):  # a repeated signal after the trigger was closed
+            server.pull_trigger()  # wake the loop
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)

@@ -12,7 +12,9 @@ from flask import Flask
 from flowagg import logs
 from flowagg.api import bp
 from flowagg.config import ConfigError, resolve
+from flowagg.durable import open_durable_store
 from flowagg.metrics import Metrics
+from flowagg.shutdown import exit_on_sigterm
 from flowagg.store import PartitionedStore
 
 log = logging.getLogger(__name__)
@@ -33,17 +35,21 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # Werkzeug answers 413 for larger bodies before reading them.
     app.config["MAX_CONTENT_LENGTH"] = app.config["FLOWAGG_MAX_BODY_BYTES"]
     logs.configure(app.config["FLOWAGG_LOG_FORMAT"], app.config["FLOWAGG_LOG_LEVEL"])
+    log.info("starting", extra={"fields": dict(settings)})
 
     metrics = Metrics()
-    store = PartitionedStore(
-        partitions=app.config["FLOWAGG_PARTITIONS"],
-        buffer_capacity=app.config["FLOWAGG_BUFFER_CAPACITY"],
-        retention_hours=app.config["FLOWAGG_RETENTION_HOURS"],
-        on_drain=metrics.observe_drain,
-    )
+    if app.config["FLOWAGG_DATA_DIR"] is None:
+        store = PartitionedStore(
+            partitions=app.config["FLOWAGG_PARTITIONS"],
+            buffer_capacity=app.config["FLOWAGG_BUFFER_CAPACITY"],
+            retention_hours=app.config["FLOWAGG_RETENTION_HOURS"],
+            on_drain=metrics.observe_drain,
+        )
+    else:  # replays the log before returning, so traffic is accepted only after recovery
+        store = open_durable_store(app.config, metrics)
+        exit_on_sigterm(store)
     metrics.watch(store)
     app.extensions["flowagg"] = store
     app.extensions["flowagg.metrics"] = metrics
     app.register_blueprint(bp)
-    log.info("starting", extra={"fields": dict(settings)})
     return app

@@ -11,10 +11,11 @@ from flask import Blueprint, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
+from flowagg.idempotency import MAX_KEY_LENGTH, KeyReused
 from flowagg.metrics import Metrics
 from flowagg.openapi import openapi_document
 from flowagg.schema import INT64_MAX, Flow, InvalidBody, decode_flows, encode
-from flowagg.store import Closed, Expired, FlowStore, Overloaded, ReadTimeout
+from flowagg.store import Closed, Expired, FlowStore, Overloaded, ReadTimeout, Unavailable
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("flowagg.access")
@@ -23,6 +24,7 @@ bp = Blueprint("flows", __name__)
 
 _HOUR = re.compile(r"[0-9]+")
 _REQUEST_ID = re.compile(r"[\w.:@/+=-]{1,128}", re.ASCII)
+_IDEMPOTENCY_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
 RETRY_AFTER_S = "1"
 
 
@@ -49,8 +51,11 @@ def _ms(setting: str) -> float:
 def post_flows() -> Response:
     # get_data() reads the raw body whatever the Content-Type (curl -d sends a form type) and
     # raises 413 before reading when Content-Length exceeds MAX_CONTENT_LENGTH.
+    key = parse_idempotency_key(request.headers.getlist("Idempotency-Key"))
     flows = decode_flows(request.get_data(cache=False))
-    accepted = get_store().ingest(flows, timeout=_ms("FLOWAGG_ENQUEUE_TIMEOUT_MS"))
+    accepted = get_store().ingest(
+        flows, timeout=_ms("FLOWAGG_ENQUEUE_TIMEOUT_MS"), idempotency_key=key
+    )
     metrics = get_metrics()
     metrics.requests_accepted.inc()
     metrics.flows_accepted.inc(accepted)
@@ -80,6 +85,18 @@ def parse_hour(values: list[str]) -> int:
         shown = values[0] if len(values[0]) <= 40 else values[0][:37] + "..."
         raise BadRequest(f"query parameter 'hour' must be a non-negative integer, got {shown!r}")
     return int(values[0])
+
+
+def parse_idempotency_key(values: list[str]) -> str | None:
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest("header Idempotency-Key must be given once")
+    if not _IDEMPOTENCY_KEY.fullmatch(values[0]):
+        raise BadRequest(
+            f"header Idempotency-Key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters"
+        )
+    return values[0]
 
 
 # -- operations --------------------------------------------------------------------------------
@@ -138,6 +155,7 @@ def on_invalid_body(exc: Exception) -> Response:
 
 @bp.app_errorhandler(BadRequest)
 def on_bad_request(exc: BadRequest) -> Response:
+    _reject("invalid")  # only counted for POST /flows (a bad Idempotency-Key)
     return error(400, str(exc))
 
 
@@ -172,6 +190,19 @@ def on_read_timeout(exc: ReadTimeout) -> Response:
 @bp.app_errorhandler(Closed)
 def on_closed(exc: Closed) -> Response:
     return error(503, "service is shutting down", retry_after=True)
+
+
+@bp.app_errorhandler(KeyReused)
+def on_key_reused(exc: KeyReused) -> Response:
+    _reject("invalid")
+    return error(422, str(exc))
+
+
+@bp.app_errorhandler(Unavailable)
+def on_unavailable(exc: Unavailable) -> Response:
+    # Logged once where the log failed; every POST after that is refused the same way.
+    _reject("unavailable")
+    return error(503, f"cannot store the request: {exc}")
 
 
 @bp.app_errorhandler(Exception)

@@ -7,6 +7,7 @@ environment and from a test config pass through the same parser, so ``FLOWAGG_PA
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +58,18 @@ def _one_of(*choices: str) -> Callable[[Any], str]:
         return value
 
     return parse
+
+
+def _directory(raw: Any) -> str | None:
+    """A directory path (created on start-up if missing); None or '' leaves it unset."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str | os.PathLike):
+        raise ValueError("expected a directory path")
+    path = os.fspath(raw).strip()
+    if path and os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError("exists and is not a directory")
+    return path or None
 
 
 @dataclass(frozen=True)
@@ -122,6 +135,37 @@ SETTINGS = (
         10_000,
         _int_at_least(1),
         "How long a GET waits for its partition to apply earlier POSTs before answering 503.",
+    ),
+    # Durability (flowagg/durable.py); all but the first matter only when a data dir is set.
+    Setting(
+        "FLOWAGG_DATA_DIR",
+        None,
+        _directory,
+        "Directory for the write-ahead log and snapshots; unset keeps everything in memory.",
+    ),
+    Setting(
+        "FLOWAGG_FSYNC",
+        "always",
+        _one_of("always", "interval", "never"),
+        "When the log is fsynced: before each answer (group commit), every interval, or never.",
+    ),
+    Setting(
+        "FLOWAGG_FSYNC_INTERVAL_MS",
+        1000,
+        _int_at_least(1),
+        "With FLOWAGG_FSYNC=interval, the longest time between fsyncs (what a crash may lose).",
+    ),
+    Setting(
+        "FLOWAGG_SNAPSHOT_BYTES",
+        64 * 1024 * 1024,
+        _int_at_least(1),
+        "Log size that triggers a snapshot of all tables and a fresh log (bounds restart time).",
+    ),
+    Setting(
+        "FLOWAGG_IDEMPOTENCY_TTL_S",
+        24 * 60 * 60,
+        _int_at_least(1),
+        "How long an Idempotency-Key is remembered after its request was applied.",
     ),
 )
 

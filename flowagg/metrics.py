@@ -15,7 +15,7 @@ from prometheus_client.registry import Collector
 
 from flowagg.store import FlowStore
 
-REJECT_REASONS = ("invalid", "expired", "too_large", "overloaded")
+REJECT_REASONS = ("invalid", "expired", "too_large", "overloaded", "unavailable")
 
 
 class Metrics:
@@ -52,6 +52,13 @@ class Metrics:
             "flowagg_drain_duration_seconds",
             "Time to sum and merge one drain step",
             buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+            registry=r,
+        )
+
+        self.fsync_seconds = Histogram(
+            "flowagg_fsync_duration_seconds",
+            "Time of one group fsync of the write-ahead log (with a data directory)",
+            buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
             registry=r,
         )
 
@@ -101,6 +108,10 @@ class StoreCollector(Collector):
             "flowagg_keys", "Rows held: distinct keys summed over hours", stats.keys
         )
         yield GaugeMetricFamily("flowagg_hours", "Hours held", stats.hours)
+        if stats.log_bytes is not None:
+            yield GaugeMetricFamily(
+                "flowagg_log_bytes", "Size of the current write-ahead log file", stats.log_bytes
+            )
         yield CounterMetricFamily(
             "flowagg_hours_dropped",
             "Hour tables dropped by retention (flows still queued for an expired hour are"

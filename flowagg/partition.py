@@ -61,6 +61,10 @@ class Partition:
         self.lock = RWLock()
         self._tables: dict[int, HourTable] = {}
         self._cutoff = 0  # hours below this are expired: dropped, and never created again
+        # Sequence number of the last flow in _tables; written under the write lock, so a copy
+        # of the tables made under the read lock knows exactly which flows it holds.
+        self._tables_seq = 0
+        self._batch_seq = 0  # sequence number of the batch being merged (drainer only)
         # Guards _applied_seq; `applied` is notified by the drainer after each merge.
         self._progress = threading.Lock()
         self.applied = threading.Condition(self._progress)
@@ -90,6 +94,7 @@ class Partition:
         if batch:
             started = time.perf_counter()
             self._retry = batch  # kept until merged, so an exception below loses nothing
+            self._batch_seq = seq
             self._merge(self._sum(batch))
             self._retry = []
             if self._on_drain is not None:
@@ -123,6 +128,7 @@ class Partition:
                 if table is None:
                     table = self._tables[hour] = HourTable()
                 table.merge(rows)
+            self._tables_seq = self._batch_seq
 
     def _publish(self, seq: int) -> None:
         with self._progress:
@@ -182,6 +188,11 @@ class Partition:
                 del self._tables[hour]
             return len(expired)
 
+    def newest_hour(self) -> int:
+        """The highest hour held, or -1."""
+        with self.lock.read_lock():
+            return max(self._tables, default=-1)
+
     def stats(self) -> PartitionStats:
         with self.lock.read_lock():
             keys = sum(len(table) for table in self._tables.values())
@@ -195,6 +206,21 @@ class Partition:
             hours=hours,
             drainer_alive=self.drainer_alive,
         )
+
+    def copy_tables(self) -> tuple[dict[int, list[Row]], int]:
+        """Every hour's rows, and the sequence number of the last flow they include."""
+        with self.lock.read_lock():
+            return {hour: t.rows() for hour, t in self._tables.items()}, self._tables_seq
+
+    # -- start-up --------------------------------------------------------------------------
+
+    def load(self, sums: BatchSums) -> None:
+        """Merge already summed rows (a snapshot) into the tables, bypassing the buffer."""
+        self._merge(sums)
+
+    def apply(self, flows: Sequence[Flow]) -> None:
+        """Sum and merge ``flows`` now, bypassing the buffer (replaying a log at start-up)."""
+        self._merge(self._sum(flows))
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -18,13 +18,26 @@ from flowagg.ringbuffer import Closed, Full, deadline_after, remaining
 from flowagg.schema import Flow
 from flowagg.table import Row
 
-__all__ = ["Closed", "Expired", "FlowStore", "Overloaded", "PartitionedStore", "ReadTimeout", "Row"]
+__all__ = [
+    "Closed",
+    "Expired",
+    "FlowStore",
+    "Overloaded",
+    "PartitionedStore",
+    "ReadTimeout",
+    "Row",
+    "Unavailable",
+]
 
 log = logging.getLogger(__name__)
 
 
 class Overloaded(Exception):
     """A partition's buffer stayed full past the enqueue timeout; nothing was enqueued."""
+
+
+class Unavailable(Exception):
+    """The store cannot take writes (its log failed); answered 503 with the reason."""
 
 
 class Expired(ValueError):
@@ -41,6 +54,7 @@ class Expired(ValueError):
 class StoreStats:
     partitions: list[PartitionStats]
     hours_dropped: int  # hours removed by retention since start
+    log_bytes: int | None = None  # size of the current write-ahead log, if there is one
 
     @property
     def keys(self) -> int:
@@ -52,11 +66,18 @@ class StoreStats:
 
 
 class FlowStore(Protocol):
-    def ingest(self, flows: Sequence[Flow], timeout: float | None = None) -> int:
+    def ingest(
+        self,
+        flows: Sequence[Flow],
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
         """Accept a validated batch whole or not at all; visible to any later read.
 
         Raises ``Overloaded`` if there was no room within ``timeout``, ``Expired`` for an hour
-        outside the retention window, ``Closed`` after close. Returns the number accepted.
+        outside the retention window, ``Closed`` after close, ``Unavailable`` if it cannot be
+        stored. Returns the number accepted. A store that keeps idempotency keys applies a
+        batch whose key it has seen at most once and returns the original size again.
         """
 
     def read_hour(self, hour: int, timeout: float | None = None) -> list[Row]:
@@ -115,8 +136,16 @@ class PartitionedStore:
                 part.append(flow)
         return parts
 
-    def ingest(self, flows: Sequence[Flow], timeout: float | None = None) -> int:
-        """Enqueue every part of the batch, or none; returns once all are enqueued."""
+    def ingest(
+        self,
+        flows: Sequence[Flow],
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        """Enqueue every part of the batch, or none; returns once all are enqueued.
+
+        Keeps no idempotency keys: in memory, every request is applied (see durable.py).
+        """
         if self.retention_hours is not None:
             self._check_hours(flows)
         parts = self.split(flows)
@@ -136,14 +165,18 @@ class PartitionedStore:
                 self.partitions[index].buffer.reserve(len(part), remaining(deadline))
                 held.append(index)
         except BaseException as exc:
-            for held_index in held:
-                self.partitions[held_index].buffer.cancel(len(parts[held_index]))
+            self._cancel({i: parts[i] for i in held})
             if isinstance(exc, Full):
                 raise Overloaded(
                     f"partition {index} had no room for {len(parts[index])} flows"
                     f" within {timeout} s"
                 ) from None
             raise
+
+    def _cancel(self, parts: dict[int, list[Flow]]) -> None:
+        """Give back room reserved for ``parts`` that will not be put."""
+        for index, part in parts.items():
+            self.partitions[index].buffer.cancel(len(part))
 
     def _check_hours(self, flows: Sequence[Flow]) -> None:
         """Raise ``Expired`` for the first record older than the window this batch would leave."""
@@ -171,6 +204,12 @@ class PartitionedStore:
             with self._window_lock:
                 self._hours_dropped += dropped
             log.info("retention: dropped %d hour(s) older than %d", dropped, cutoff)
+
+    def _restore_window(self) -> None:
+        """After loading stored tables: take the newest hour held as the newest seen, and drop
+        what lies outside the window (as it had been before a restart)."""
+        if self.retention_hours is not None:
+            self._advance_window(max(p.newest_hour() for p in self.partitions))
 
     def window(self) -> tuple[int, int] | None:
         """(oldest kept hour, newest hour seen), or None without retention or data."""

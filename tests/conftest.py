@@ -29,9 +29,17 @@ def flow(src="foo", dest="bar", vpc="vpc-0", tx=1, rx=2, hour=1) -> dict:
     }
 
 
+@pytest.fixture(params=["memory", "durable"])
+def store_config(request, tmp_path) -> dict:
+    """Run the API and concurrency tests against both stores: the contract is the same."""
+    if request.param == "memory":
+        return {}
+    return {"FLOWAGG_DATA_DIR": str(tmp_path / "data")}
+
+
 @pytest.fixture
-def app() -> Iterator[Flask]:
-    app = create_app({"FLOWAGG_PARTITIONS": 4, "FLOWAGG_BUFFER_CAPACITY": 1024})
+def app(store_config) -> Iterator[Flask]:
+    app = create_app({"FLOWAGG_PARTITIONS": 4, "FLOWAGG_BUFFER_CAPACITY": 1024, **store_config})
     yield app
     assert app.extensions["flowagg"].close(WAIT_TIMEOUT), "a drainer did not stop"
 
@@ -64,25 +72,10 @@ def flows(client: FlaskClient) -> Flows:
     return Flows(client)
 
 
-class LiveServer:
-    """A real waitress server on 127.0.0.1 running the app in this process.
+class Client:
+    """HTTP to a server listening on 127.0.0.1:``port``."""
 
-    The I/O loop runs in small steps so that ``stop`` can end it between two steps and then
-    close every socket from the loop's own thread (closing them under a running loop races).
-    """
-
-    def __init__(self, app: Flask, threads: int = 8) -> None:
-        self.app = app
-        self.server = create_server(app, host="127.0.0.1", port=0, threads=threads)
-        self.port = self.server.effective_port
-        self._stopping = threading.Event()
-        self.thread = threading.Thread(target=self._serve, name="waitress-main", daemon=True)
-
-    def _serve(self) -> None:
-        while not self._stopping.is_set():
-            self.server.asyncore.loop(timeout=0.05, map=self.server._map, count=1)
-        self.server.task_dispatcher.shutdown(timeout=WAIT_TIMEOUT)
-        wasyncore.close_all(self.server._map)
+    port: int
 
     def connection(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=WAIT_TIMEOUT)
@@ -97,20 +90,49 @@ class LiveServer:
         finally:
             conn.close()
 
+
+class LiveServer(Client):
+    """A real waitress server on 127.0.0.1 running the app in this process."""
+
+    def __init__(self, app: Flask, threads: int = 8) -> None:
+        self.app = app
+        self.socket_map: dict = {}
+        self.server = create_server(
+            app, map=self.socket_map, host="127.0.0.1", port=0, threads=threads
+        )
+        self.port = self.server.effective_port
+        self._stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="waitress-main", daemon=True)
+
+    def _run(self) -> None:
+        # One poll at a time, so that stop() is noticed; only this thread touches the sockets,
+        # so none is closed under a select() in progress.
+        while not self._stopping.is_set():
+            wasyncore.loop(timeout=1.0, map=self.socket_map, count=1)
+        for channel in list(self.socket_map.values()):
+            channel.close()
+
     def stop(self) -> None:
+        self.server.task_dispatcher.shutdown(timeout=WAIT_TIMEOUT)
         self._stopping.set()
+        self.server.pull_trigger()  # wake the loop
         self.thread.join(WAIT_TIMEOUT)
         assert not self.thread.is_alive(), "waitress did not stop"
 
 
 @pytest.fixture
-def start_server() -> Iterator[Callable[..., LiveServer]]:
+def start_server(store_config) -> Iterator[Callable[..., LiveServer]]:
     """Start a real waitress server with the given config; stopped and closed on teardown."""
     servers: list[LiveServer] = []
 
     def start(config: dict | None = None) -> LiveServer:
         app = create_app(
-            {"FLOWAGG_PARTITIONS": 8, "FLOWAGG_BUFFER_CAPACITY": 4096, **(config or {})}
+            {
+                "FLOWAGG_PARTITIONS": 8,
+                "FLOWAGG_BUFFER_CAPACITY": 4096,
+                **store_config,
+                **(config or {}),
+            }
         )
         server = LiveServer(app)
         servers.append(server)

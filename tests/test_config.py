@@ -15,6 +15,11 @@ def test_defaults():
         "FLOWAGG_LOG_FORMAT": "text",
         "FLOWAGG_LOG_LEVEL": "info",
         "FLOWAGG_READ_TIMEOUT_MS": 10_000,
+        "FLOWAGG_DATA_DIR": None,
+        "FLOWAGG_FSYNC": "always",
+        "FLOWAGG_FSYNC_INTERVAL_MS": 1000,
+        "FLOWAGG_SNAPSHOT_BYTES": 64 * 1024 * 1024,
+        "FLOWAGG_IDEMPOTENCY_TTL_S": 86_400,
     }
 
 
@@ -57,8 +62,22 @@ def test_environment_overrides_defaults_and_test_config_overrides_both():
         ),
         ({"FLOWAGG_LOG_FORMAT": "xml"}, "FLOWAGG_LOG_FORMAT='xml': expected one of text, json"),
         ({"FLOWAGG_PARTITONS": "4"}, "unknown setting FLOWAGG_PARTITONS"),
+        ({"FLOWAGG_FSYNC": "sometimes"}, "FLOWAGG_FSYNC='sometimes': expected one of always, "),
+        ({"FLOWAGG_FSYNC_INTERVAL_MS": "0"}, "FLOWAGG_FSYNC_INTERVAL_MS='0': must be >= 1"),
     ],
-    ids=["zero", "word", "fraction", "empty", "negative", "retention", "percent", "format", "typo"],
+    ids=[
+        "zero",
+        "word",
+        "fraction",
+        "empty",
+        "negative",
+        "retention",
+        "percent",
+        "format",
+        "typo",
+        "fsync",
+        "interval",
+    ],
 )
 def test_invalid_environment_fails_naming_the_variable(environ, message):
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
@@ -103,3 +122,16 @@ def test_apps_do_not_share_state():
         assert second.test_client().get("/flows?hour=1").get_json() == []
     finally:
         assert first.extensions["flowagg"].close(10) and second.extensions["flowagg"].close(10)
+
+
+def test_durability_settings_from_the_environment():
+    values = resolve({"FLOWAGG_DATA_DIR": " /srv/flowagg ", "FLOWAGG_FSYNC": " Interval "})
+    assert (values["FLOWAGG_DATA_DIR"], values["FLOWAGG_FSYNC"]) == ("/srv/flowagg", "interval")
+    assert resolve({"FLOWAGG_DATA_DIR": ""})["FLOWAGG_DATA_DIR"] is None  # empty: in memory
+
+
+def test_data_dir_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "a-file"
+    path.write_text("")
+    with pytest.raises(ConfigError, match="FLOWAGG_DATA_DIR=.*: exists and is not a directory"):
+        resolve({"FLOWAGG_DATA_DIR": str(path)})

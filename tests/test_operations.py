@@ -13,12 +13,17 @@ from tests.conftest import WAIT_TIMEOUT, Flows, flow, wait_until
 
 
 @pytest.fixture
-def make_app():
-    """Create apps with a given config; every store is closed on teardown."""
+def make_app(store_config):
+    """Create apps with a given config, in memory and durable alike (each durable app in a
+    directory of its own); every store is closed on teardown."""
     apps = []
 
     def make(**config):
-        app = create_app({"FLOWAGG_PARTITIONS": 4, "FLOWAGG_BUFFER_CAPACITY": 1024, **config})
+        own = dict(store_config)
+        if "FLOWAGG_DATA_DIR" in own:
+            own["FLOWAGG_DATA_DIR"] += f"-{len(apps)}"
+        base = {"FLOWAGG_PARTITIONS": 4, "FLOWAGG_BUFFER_CAPACITY": 1024, **own}
+        app = create_app({**base, **config})
         apps.append(app)
         return app
 
@@ -382,3 +387,92 @@ def test_startup_logs_the_effective_configuration_once(capsys, make_app):
     assert len(lines) == 1
     assert lines[0]["FLOWAGG_RETENTION_HOURS"] == 48
     assert lines[0]["FLOWAGG_PARTITIONS"] == 4
+
+
+# -- with a data directory ---------------------------------------------------------------------
+
+
+def durable_app(directory, **config):
+    return create_app(
+        {"FLOWAGG_PARTITIONS": 4, "FLOWAGG_DATA_DIR": str(directory), "FLOWAGG_FSYNC": "always",
+         **config}
+    )  # fmt: skip
+
+
+def test_an_overloaded_request_never_reaches_the_log(tmp_path):
+    app = durable_app(tmp_path, FLOWAGG_BUFFER_CAPACITY=2, FLOWAGG_ENQUEUE_TIMEOUT_MS=50)
+    client, flows = app.test_client(), Flows(app.test_client())
+    stall = Stall(app.extensions["flowagg"].partitions[1])
+    try:
+        flows.post([flow(hour=1)])
+        assert stall.entered.wait(WAIT_TIMEOUT)
+        flows.post([flow(hour=1)] * 2)  # full
+        response = client.post("/flows", data=json.dumps([flow(hour=0), flow(hour=1)]))
+        assert response.status_code == 503
+    finally:
+        stall.release.set()
+    assert app.extensions["flowagg"].close(WAIT_TIMEOUT)
+    reopened = durable_app(tmp_path)
+    try:
+        flows = Flows(reopened.test_client())
+        assert flows.get(0) == []
+        assert flows.get(1) == [flow(hour=1, tx=3, rx=6)]
+    finally:
+        assert reopened.extensions["flowagg"].close(WAIT_TIMEOUT)
+
+
+def test_retention_holds_across_a_restart(tmp_path):
+    app = durable_app(tmp_path, FLOWAGG_RETENTION_HOURS=2)
+    flows = Flows(app.test_client())
+    flows.post([flow(hour=h) for h in (3, 4, 5)])
+    flows.post([flow(hour=7)])  # window [5, 7]: 3 and 4 drop
+    assert app.extensions["flowagg"].close(WAIT_TIMEOUT)
+    # The log still holds hours 3 and 4; replay must not bring them back.
+    reopened = durable_app(tmp_path, FLOWAGG_RETENTION_HOURS=2)
+    try:
+        flows = Flows(reopened.test_client())
+        assert flows.get(3) == [] and flows.get(4) == []
+        assert flows.get(5) == [flow(hour=5)]
+        assert reopened.extensions["flowagg"].window() == (5, 7)
+        flows.post([flow(hour=4)], status=400)  # the window is known before any new POST
+        assert reopened.extensions["flowagg"].stats().hours == 2
+    finally:
+        assert reopened.extensions["flowagg"].close(WAIT_TIMEOUT)
+
+
+def test_readyz_and_post_report_a_failed_log(tmp_path):
+    app = durable_app(tmp_path)
+    client = app.test_client()
+    wal = app.extensions["flowagg"]._wal
+    with wal._mutex:
+        wal._fail(OSError(5, "Input/output error"))  # as a failed fsync leaves it
+    response = client.get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json() == {
+        "status": "unready",
+        "failed": ["log: [Errno 5] Input/output error"],
+    }
+    response = client.post("/flows", data=json.dumps([flow()]))
+    assert response.status_code == 503
+    assert "cannot store the request" in response.get_json()["error"]
+    samples = scrape(client)
+    assert value(samples, "flowagg_requests_rejected_total", reason="unavailable") == 1
+    assert Flows(client).get(1) == []
+    app.extensions["flowagg"].close(WAIT_TIMEOUT)
+
+
+def test_fsync_and_log_size_metrics(tmp_path):
+    app = durable_app(tmp_path)
+    client, flows = app.test_client(), Flows(app.test_client())
+    try:
+        before = scrape(client)
+        for _ in range(3):
+            flows.post([flow()])
+        after = scrape(client)
+        fsyncs = value(after, "flowagg_fsync_duration_seconds_count") - value(
+            before, "flowagg_fsync_duration_seconds_count"
+        )
+        assert 1 <= fsyncs <= 3  # one per POST here; concurrent POSTs may share one
+        assert value(after, "flowagg_log_bytes") > value(before, "flowagg_log_bytes")
+    finally:
+        assert app.extensions["flowagg"].close(WAIT_TIMEOUT)

@@ -105,17 +105,17 @@ class LiveServer(Client):
         self.thread = threading.Thread(target=self._run, name="waitress-main", daemon=True)
 
     def _run(self) -> None:
-        # One poll at a time, so that stop() is noticed; only this thread touches the sockets,
-        # so none is closed under a select() in progress.
+        # One short poll at a time, so that stop() is noticed within 50 ms; only this thread
+        # touches the sockets, so none is closed under a select() in progress (and stop() need
+        # not pull waitress's trigger, which this loop may already have closed).
         while not self._stopping.is_set():
-            wasyncore.loop(timeout=1.0, map=self.socket_map, count=1)
+            wasyncore.loop(timeout=0.05, map=self.socket_map, count=1)
         for channel in list(self.socket_map.values()):
             channel.close()
 
     def stop(self) -> None:
         self.server.task_dispatcher.shutdown(timeout=WAIT_TIMEOUT)
         self._stopping.set()
-        self.server.pull_trigger()  # wake the loop
         self.thread.join(WAIT_TIMEOUT)
         assert not self.thread.is_alive(), "waitress did not stop"
 

@@ -105,6 +105,7 @@ class Server:
         cmd = [str(waitress), "--host=127.0.0.1", "--port=0", f"--threads={self.threads}"]
         # The log is a file, not a pipe: waitress warns about queued tasks under load, and a
         # pipe nobody reads would block the server once full.
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             target = TARGETS.get(self.name, TARGETS["service"])
             self.proc = subprocess.Popen(
@@ -112,7 +113,8 @@ class Server:
             )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            match = re.search(rb"Serving on http://127\.0\.0\.1:(\d+)", self.log_path.read_bytes())
+            output = self.log_path.read_bytes()[offset:]  # this start's lines only
+            match = re.search(rb"Serving on http://127\.0\.0\.1:(\d+)", output)
             if match:
                 self.port = int(match.group(1))
                 return

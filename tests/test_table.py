@@ -1,9 +1,13 @@
-"""HourTable: the counters of one hour, whatever their memory layout."""
+"""HourTable: the counters of one hour, whatever their memory layout; and the paths filling it."""
 
+import random
 import tracemalloc
 
 import pytest
 
+from flowagg.partition import Partition
+from flowagg.schema import Flow
+from flowagg.store import PartitionedStore
 from flowagg.table import HourTable
 
 INT64_MAX = 2**63 - 1
@@ -87,3 +91,59 @@ def test_adding_to_existing_keys_allocates_nothing_that_stays():
     assert grown < 1024  # no bytes per key or per flow, whatever the sums
     assert len(table) == len(keys)
     assert table.rows()[3] == ("src-3", "dest-3", "vpc", 1009, 1000 + 3 * 5003)
+
+
+# -- the paths that fill a table: a partition summing batches, the store splitting them -------
+
+
+def reference_rows(flows: list[Flow], hour: int) -> list[tuple]:
+    """Rows of ``hour`` summed the obvious way, in order of first appearance."""
+    sums: dict[tuple, list[int]] = {}
+    for f in flows:
+        if f.hour == hour:
+            counters = sums.setdefault((f.src_app, f.dest_app, f.vpc_id), [0, 0])
+            counters[0] += f.bytes_tx
+            counters[1] += f.bytes_rx
+    return [(*key, tx, rx) for key, (tx, rx) in sums.items()]
+
+
+@pytest.mark.parametrize(
+    "hours, keys",
+    [((5,), 1000), ((5,), 3), ((5, 13), 1000), ((5, 13, 21), 4)],
+    ids=["one-hour-distinct-keys", "one-hour-repeated-keys", "two-hours", "three-hours-repeated"],
+)
+def test_a_drained_batch_sums_like_the_obvious_loop(hours, keys):
+    rng = random.Random(7)
+    batches = [
+        [
+            Flow(f"s{rng.randrange(keys)}", "d", "v", rng.randrange(2**62), rng.randrange(9), h)
+            for h in rng.choices(hours, k=rng.randint(1, 300))
+        ]
+        for _ in range(5)
+    ]
+    p = Partition(0, buffer_capacity=1024)
+    for batch in batches:
+        p.enqueue(batch)
+        p.drain_once()
+    everything = [f for batch in batches for f in batch]
+    for hour in hours:
+        assert p.read(hour, timeout=0) == reference_rows(everything, hour)
+
+
+@pytest.mark.parametrize(
+    "hours, expected",
+    [
+        ([3, 3, 3], {3: [3, 3, 3]}),
+        ([3, 11, 3], {3: [3, 11, 3]}),  # two hours, one partition
+        ([3, 4, 11, 12], {3: [3, 11], 4: [4, 12]}),
+    ],
+    ids=["one-hour", "one-partition", "two-partitions"],
+)
+def test_split_groups_by_partition_in_request_order(hours, expected):
+    store = PartitionedStore(partitions=8, buffer_capacity=16, start=False)
+    batch = [Flow("s", "d", "v", i, i, h) for i, h in enumerate(hours)]
+    parts = store.split(batch)
+    assert {i: [f.hour for f in part] for i, part in parts.items()} == expected
+    assert sorted(f.bytes_tx for part in parts.values() for f in part) == list(range(len(hours)))
+    for part in parts.values():
+        assert [f.bytes_tx for f in part] == sorted(f.bytes_tx for f in part)

@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -329,9 +329,55 @@ def run_scenario(server: Server, driver, scenario: str, round_no: int, opts) -> 
         if scenario == "mixed":
             warm.params.update(hour=MIXED_HOUR + 1000 + round_no, run=f"w{round_no}")
         driver.run(server.url, warm, opts.warmup)
-    with PeakRSS(server) as peak:
+    profile = opts.profile and server.name == "service" and round_no == 1
+    with PeakRSS(server) as peak, profiling(server, opts, scenario) if profile else nullcontext():
         raw = driver.run(server.url, load, opts.duration)
     return summarise(raw, load, peak.peak)
+
+
+@contextmanager
+def profiling(server: Server, opts, scenario: str) -> Iterator[None]:
+    """Sample the server with py-spy while the load runs: only the thread holding the GIL, so
+    the shares are of the one core that Python code gets. Writes profile-<scenario>.txt."""
+    raw = opts.out_dir / f"profile-{scenario}.raw"
+    cmd = [opts.py_spy, "record", "--pid", str(server.proc.pid), "--gil", "--rate", "200"]
+    cmd += ["--duration", str(max(1, opts.duration - 1)), "--format", "raw", "--output", str(raw)]
+    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield
+    finally:
+        try:
+            spy.wait(opts.duration + 30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+    if raw.exists():
+        summary = profile_summary(raw.read_text())
+        (opts.out_dir / f"profile-{scenario}.txt").write_text(summary)
+
+
+def profile_summary(raw: str, top: int = 15) -> str:
+    """py-spy's raw stacks ("frame;frame;... count") as the functions with the most samples:
+    on top of the stack (self) and anywhere in it (total)."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        samples += n
+        frames = [re.sub(r" \((?:.*/)?([^/:]+)(?::\d+)?\)$", r" (\1)", f) for f in stack.split(";")]
+        frames = [f for f in frames if not f.startswith(("thread ", "process "))]
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            total[frame] = total.get(frame, 0) + n
+    lines = [f"{samples} samples of the thread holding the GIL", "", "self  total  function"]
+    for frame, n in sorted(own.items(), key=lambda item: -item[1])[:top]:
+        lines.append(f"{100 * n / samples:4.1f}% {100 * total[frame] / samples:5.1f}%  {frame}")
+    return "\n".join(lines) + "\n"
 
 
 def barrier_hour(hour: int) -> int:
@@ -612,6 +658,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, help="results directory (default loadtest/results)")
     parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="record the service with py-spy (pip install py-spy) in round 1 of each scenario",
+    )
+    parser.add_argument(
         "--compare",
         metavar="REV",
         help="also run the service as of git revision REV, as server 'before', in every round",
@@ -628,6 +679,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(opts, key) is None:
             setattr(opts, key, value)
+    opts.py_spy = None
+    if opts.profile:
+        opts.py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        if not Path(opts.py_spy).exists():
+            parser.error("--profile needs py-spy: .venv/bin/pip install py-spy")
     if opts.driver == "auto":
         opts.driver = "wrk" if shutil.which("wrk") else "locust"
     opts.servers = [s for s in opts.servers.split(",") if s]

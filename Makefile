@@ -1,7 +1,7 @@
 # Two commands on a fresh machine with Python 3.11 and make:
 #   make run    set up .venv if missing, serve on $(HOST):$(PORT) with waitress
 #   make test   set up .venv if missing, run the whole test suite
-#   make bench  the service against its baselines (about 7 minutes; BENCH_ARGS=--quick: about 2)
+#   make bench  the service against its baselines (about 5 minutes; BENCH_ARGS=--quick: about 2)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -1,6 +1,6 @@
 """Benchmark harness: the service against its ceiling and a naive peer, same load, same run.
 
-    .venv/bin/python -m loadtest.bench            # the full run (make bench), about 7 minutes
+    .venv/bin/python -m loadtest.bench            # the full run (make bench), about 5 minutes
     .venv/bin/python -m loadtest.bench --quick    # a short one, about 2 minutes
 
 Three servers are started one after another on 127.0.0.1, each with the same waitress thread

@@ -1,13 +1,12 @@
 """The load test itself works: a short, bounded locust run against a server started here.
 
 locust runs in its own process (it monkey-patches the standard library with gevent), against
-waitress-serve in another; both are stopped at the end whatever happens.
+waitress-serve in another, started and stopped by the benchmark's own ``running``, whatever
+happens.
 """
 
 import csv
 import os
-import re
-import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import WAIT_TIMEOUT
+from loadtest.bench import running
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -23,28 +22,10 @@ RUN_SECONDS = 6  # the locust run; users and spawn rate are bounded below too
 
 
 @pytest.fixture
-def server_url():
-    """The service under waitress-serve on 127.0.0.1, a free port; stopped on teardown."""
-    proc = subprocess.Popen(
-        [str(BIN / "waitress-serve"), "--host=127.0.0.1", "--port=0", "--threads=4", "wsgi:app"],
-        cwd=ROOT,
-        env={**os.environ, "FLOWAGG_PARTITIONS": "4"},
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stderr.readline()  # "INFO:waitress:Serving on http://127.0.0.1:PORT"
-        match = re.search(r"Serving on (http://127\.0\.0\.1:\d+)", line)
-        assert match, line
-        yield match.group(1)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(WAIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(WAIT_TIMEOUT)
-        proc.stderr.close()
+def server_url(tmp_path):
+    """The service under waitress-serve on 127.0.0.1, a free port, as ``make bench`` starts it."""
+    with running("service", threads=4, log_path=tmp_path / "server.log") as server:
+        yield server.url
 
 
 def run_locust(

@@ -53,6 +53,16 @@ function M.setup(thread)
   table.insert(M.threads, thread)
 end
 
+-- Called by request(): a thread stops itself after `max` requests, so every run is bounded in
+-- count as well as in time (-d).
+local sent = 0
+function M.count_request(max)
+  sent = sent + 1
+  if sent > max then
+    wrk.thread:stop()
+  end
+end
+
 local function percentile(sorted, p)
   if #sorted == 0 then
     return nil

@@ -4,27 +4,18 @@
 
 local common = require("common")
 
-local req, sent, max_requests
+local req, max_requests
 
-function setup(thread)
-  common.setup(thread)
-end
+setup = common.setup
+done = common.done
 
 function init(args)
   local opt = common.options(args, { hour = 0, max_requests = 10000000 })
   max_requests = opt.max_requests
   req = wrk.format("GET", "/flows?hour=" .. opt.hour)
-  sent = 0
 end
 
 function request()
-  sent = sent + 1
-  if sent > max_requests then
-    wrk.thread:stop()
-  end
+  common.count_request(max_requests)
   return req
-end
-
-function done(summary, latency, _)
-  common.done(summary, latency)
 end

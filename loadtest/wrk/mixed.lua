@@ -21,9 +21,8 @@ get_latencies = {}
 local opt, posts, get_req, own_pattern
 local n, p, acked, unknown, pending, started = 0, 0, 0, 0, nil, 0
 
-function setup(thread)
-  common.setup(thread)
-end
+setup = common.setup
+done = common.done
 
 function init(args)
   opt = common.options(args, {
@@ -55,9 +54,7 @@ function request()
     stats.unknown = stats.unknown + 1
   end
   n = n + 1
-  if n > opt.max_requests then
-    wrk.thread:stop()
-  end
+  common.count_request(opt.max_requests)
   if n % opt.get_every == 0 then
     pending = "get"
     started = common.now_us and common.now_us() or 0
@@ -99,8 +96,4 @@ function response(status, headers, body)
     end
   end
   pending = nil
-end
-
-function done(summary, latency, _)
-  common.done(summary, latency)
 end

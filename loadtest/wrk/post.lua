@@ -6,12 +6,11 @@
 
 local common = require("common")
 
-local requests, n, sent = {}, 0, 0
+local requests, n = {}, 0
 local max_requests
 
-function setup(thread)
-  common.setup(thread)
-end
+setup = common.setup
+done = common.done
 
 function init(args)
   local opt = common.options(args, {
@@ -33,14 +32,7 @@ function init(args)
 end
 
 function request()
-  sent = sent + 1
-  if sent > max_requests then
-    wrk.thread:stop()
-  end
+  common.count_request(max_requests)
   n = n % #requests + 1
   return requests[n]
-end
-
-function done(summary, latency, _)
-  common.done(summary, latency)
 end

@@ -33,7 +33,16 @@ RETRY_BACKOFF_S = 0.05
 
 _HOUR = attrgetter("hour")
 _KEY = attrgetter("src_app", "dest_app", "vpc_id")
-_COUNTERS = attrgetter("bytes_tx", "bytes_rx")
+
+
+class _Total:
+    """The running sum of one key in a batch whose keys repeat."""
+
+    __slots__ = ("bytes_tx", "bytes_rx")
+
+    def __init__(self, bytes_tx: int, bytes_rx: int) -> None:
+        self.bytes_tx = bytes_tx
+        self.bytes_rx = bytes_rx
 
 
 class ReadTimeout(Exception):
@@ -108,25 +117,27 @@ class Partition:
     def _sum_hour(self, flows: list[Flow]) -> Sums:
         """Sum the flows of one hour per key, the faster way for what recent batches looked like.
 
-        Where every key comes once, a dict built in C is the sum (a third faster than a loop);
-        where keys repeat, the Python loop below is (twice as fast as building that dict only
-        to find it wrong). ``_repeats`` remembers which kind of batch this partition last saw.
+        Where every key comes once, each flow is its own sum: a dict built in C maps the keys to
+        the flows themselves, allocating nothing per flow but its key. Where keys repeat, that
+        dict is wrong and the Python loop below is the faster way, summing into a _Total per key
+        (never into a flow of the batch, which a retry sums again). ``_repeats`` remembers which
+        kind of batch this partition last saw.
         """
         if not self._repeats:
             keys = list(map(_KEY, flows))
-            sums: Sums = dict(zip(keys, map(_COUNTERS, flows), strict=True))
+            sums: Sums = dict(zip(keys, flows, strict=True))
             if len(sums) == len(keys):
                 return sums
         sums = {}
         seen = sums.get
         for flow in flows:
             key = (flow.src_app, flow.dest_app, flow.vpc_id)
-            counters = seen(key)
-            if counters is None:
-                sums[key] = [flow.bytes_tx, flow.bytes_rx]
+            total = seen(key)
+            if total is None:
+                sums[key] = _Total(flow.bytes_tx, flow.bytes_rx)
             else:
-                counters[0] += flow.bytes_tx
-                counters[1] += flow.bytes_rx
+                total.bytes_tx += flow.bytes_tx
+                total.bytes_rx += flow.bytes_rx
         self._repeats = len(sums) < len(flows)
         return sums
 

@@ -24,11 +24,20 @@ from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Sequence
+from typing import Protocol
 
 Key = tuple[str, str, str]  # (src_app, dest_app, vpc_id): a tuple, never a joined string
 Row = tuple[str, str, str, int, int]  # key + (bytes_tx, bytes_rx)
-Sums = dict[Key, Sequence[int]]  # a batch summed per key: key -> (bytes_tx, bytes_rx)
+
+
+class Counters(Protocol):
+    """What a batch's sum for one key offers; a Flow record is one."""
+
+    bytes_tx: int
+    bytes_rx: int
+
+
+Sums = dict[Key, Counters]  # a batch summed per key
 
 TX, RX = 0, 1  # the column of a _wide entry
 
@@ -50,10 +59,14 @@ class HourTable:
         return len(self._index)
 
     def merge(self, sums: Sums) -> None:
-        """Add a batch's sums (counters are non-negative, as validated). Never fails midway."""
+        """Add a batch's sums (counters are non-negative, as validated). Never fails midway.
+
+        Reads ``sums`` only: a value may be a record of the request itself.
+        """
         index, tx_col, rx_col = self._index, self._tx, self._rx
         row_of = index.get
-        for key, (tx, rx) in sums.items():
+        for key, counters in sums.items():
+            tx, rx = counters.bytes_tx, counters.bytes_rx
             row = row_of(key)
             if row is None:
                 row = index[(_intern(key[0]), _intern(key[1]), _intern(key[2]))] = len(tx_col)

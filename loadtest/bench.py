@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,6 +142,13 @@ class Server:
                     return int(line.split()[1]) * 1024
         raise RuntimeError("no VmRSS in /proc status")
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time the server has used (Linux)."""
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT)
         try:
@@ -177,10 +184,12 @@ def running(name: str, threads: int, log_path: Path, cwd: Path = ROOT) -> Iterat
 
 
 class PeakRSS:
-    """Samples a server's RSS in the background while a load runs; keeps the highest."""
+    """Samples a server's RSS in the background while a load runs; keeps the highest. Also
+    takes the CPU time the server used meanwhile, in cores (1.0: one core busy throughout)."""
 
     def __init__(self, server: Server, interval: float = 0.2) -> None:
         self.server, self.interval, self.peak = server, interval, 0
+        self.cores = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bench-rss", daemon=True)
 
@@ -194,12 +203,16 @@ class PeakRSS:
                 return
 
     def __enter__(self) -> PeakRSS:
+        self._started = (time.monotonic(), self.server.cpu_seconds())
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        with suppress(OSError):  # the server has gone; the scenario will say so
+            wall, cpu = time.monotonic(), self.server.cpu_seconds()
+            self.cores = (cpu - self._started[1]) / (wall - self._started[0])
 
 
 # -- load drivers ------------------------------------------------------------------------------
@@ -300,7 +313,7 @@ def prepare_get_hour(server: Server) -> str:
     return hashlib.sha256(body).hexdigest()[:16]
 
 
-def summarise(raw: dict, load: Load, rss: int) -> dict:
+def summarise(raw: dict, load: Load, rss: int, cores: float) -> dict:
     duration = raw["duration_s"]
     extra = raw.get("extra", {})
     ok = raw["requests"] - raw["errors"]
@@ -312,6 +325,7 @@ def summarise(raw: dict, load: Load, rss: int) -> dict:
         "p99_ms": raw["p99_ms"],
         "errors": raw["errors"],
         "rss": rss,
+        "cores": cores,
         "get_p99_ms": raw.get("get_p99_ms"),
         "violations": extra.get("violations"),
         "gets": extra.get("gets"),
@@ -332,7 +346,7 @@ def run_scenario(server: Server, driver, scenario: str, round_no: int, opts) -> 
     profile = opts.profile and server.name == "service" and round_no == 1
     with PeakRSS(server) as peak, profiling(server, opts, scenario) if profile else nullcontext():
         raw = driver.run(server.url, load, opts.duration)
-    return summarise(raw, load, peak.peak)
+    return summarise(raw, load, peak.peak, peak.cores)
 
 
 @contextmanager
@@ -520,8 +534,9 @@ def report(results: Results, opts) -> str:
         f" {opts.connections} connections, waitress --threads={opts.threads};"
         " each figure: median (min–max) over rounds.",
         "",
-        "| scenario | server | req/s | flows/s | p50 ms | p99 ms | errors | peak RSS MiB |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| scenario | server | req/s | flows/s | p50 ms | p99 ms | errors | peak RSS MiB"
+        " | server CPU, cores |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for scenario in opts.scenarios:
         for server in opts.servers:
@@ -536,7 +551,7 @@ def report(results: Results, opts) -> str:
                 f"| {SCENARIO_TITLES[scenario]} | {server} | {spread(v('req_s'))}"
                 f" | {flows} | {spread(v('p50_ms'), '.1f')}"
                 f" | {spread(v('p99_ms'), '.1f')} | {sum(v('errors')):.0f}"
-                f" | {spread([x / 2**20 for x in v('rss')])} |"
+                f" | {spread([x / 2**20 for x in v('rss')])} | {spread(v('cores'), '.2f')} |"
             )
     lines += ["", "| target | measured | goal | met |", "| --- | ---: | ---: | --- |"]
     for title, figure, goal, met in targets(results, opts):

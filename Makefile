@@ -1,6 +1,7 @@
 # Two commands on a fresh machine with Python 3.11 and make:
 #   make run    set up .venv if missing, serve on $(HOST):$(PORT) with waitress
 #   make test   set up .venv if missing, run the whole test suite
+#   make bench  the service against its baselines (about 5 minutes; BENCH_ARGS=--quick: about 2)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 THREADS ?= 8
 
-.PHONY: run test lint clean
+.PHONY: run test bench lint clean
 
 $(BIN)/activate: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,14 @@ run: $(BIN)/activate
 
 test: $(BIN)/activate
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# wrk is a Debian package: installed here when missing and we may (root with apt-get);
+# without it the harness drives the servers with locust instead.
+bench: $(BIN)/activate
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && apt-get install -y -qq wrk; } >/dev/null 2>&1; } || \
+		echo "wrk is not installed: the benchmark falls back to locust"
+	$(BIN)/python -m loadtest.bench --threads=$(THREADS) $(BENCH_ARGS)
 
 lint: $(BIN)/activate
 	$(BIN)/pip install --quiet ruff

@@ -30,7 +30,7 @@ from pathlib import Path
 import msgspec
 
 from flowagg.idempotency import KeyEntry
-from flowagg.table import Row, Sums
+from flowagg.table import Row, Sums, Total
 from flowagg.wal import (
     FILE_HEADER_SIZE,
     RECORD_HEADER_SIZE,
@@ -158,9 +158,9 @@ def load_snapshot(
                 return record
             if isinstance(record, RowsChunk):
                 if record.wide:
-                    sums = {(s, d, v): [int(tx), int(rx)] for s, d, v, tx, rx in record.rows}
+                    sums = {(s, d, v): Total(int(tx), int(rx)) for s, d, v, tx, rx in record.rows}
                 else:
-                    sums = {(s, d, v): [tx, rx] for s, d, v, tx, rx in record.rows}
+                    sums = {(s, d, v): Total(tx, rx) for s, d, v, tx, rx in record.rows}
                 on_rows(record.hour, sums)
                 rows += len(record.rows)
             else:

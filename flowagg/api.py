@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
@@ -214,24 +215,36 @@ def on_unexpected(exc: Exception) -> Response:
 # -- request log -------------------------------------------------------------------------------
 
 
+# Generated request ids: a random prefix per process and a counter, unique without a system
+# call per request (uuid4 reads the kernel's random source every time).
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_id_counter = itertools.count(1)
+
+
 @bp.before_app_request
 def start_request() -> None:
-    g.started = time.perf_counter()
+    ctx = g._get_current_object()
+    ctx.started = time.perf_counter()
     given = request.headers.get("X-Request-ID", "")
-    g.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    ctx.request_id = (
+        given if _REQUEST_ID.fullmatch(given) else f"{_ID_PREFIX}{next(_id_counter):016x}"
+    )
 
 
 @bp.after_app_request
 def log_request(response: Response) -> Response:
-    response.headers["X-Request-ID"] = g.request_id
-    fields = {
-        "method": request.method,
-        "path": request.path,
-        "status": response.status_code,
-        "duration_ms": round((time.perf_counter() - g.started) * 1000, 3),
-        "request_id": g.request_id,
-    }
-    if "accepted" in g:
-        fields["accepted"] = g.accepted
-    access_log.info("request", extra={"fields": fields})
+    ctx, req = g._get_current_object(), request._get_current_object()
+    response.headers["X-Request-ID"] = ctx.request_id
+    if access_log.isEnabledFor(logging.INFO):
+        fields = {
+            "method": req.method,
+            "path": req.path,
+            "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - ctx.started) * 1000, 3),
+            "request_id": ctx.request_id,
+        }
+        accepted = getattr(ctx, "accepted", None)
+        if accepted is not None:
+            fields["accepted"] = accepted
+        access_log.info("request", extra={"fields": fields})
     return response

@@ -30,9 +30,17 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+# The last whole second and its text, replaced as one tuple: one strftime per second.
+_second: list[tuple[int, str]] = [(-1, "")]
+
+
 def _timestamp(record: logging.LogRecord) -> str:
-    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-    return f"{seconds}.{int(record.msecs):03d}Z"
+    whole = int(record.created)
+    cached_whole, text = _second[0]
+    if cached_whole != whole:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))
+        _second[0] = (whole, text)
+    return f"{text}.{int(record.msecs):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -60,8 +68,10 @@ class TextFormatter(logging.Formatter):
 
 
 def _text(value: Any) -> str:
+    if type(value) in (int, float):  # the common case: no JSON round trip
+        return str(value)
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return json.dumps(text) if (" " in text or not text) else text
+    return json.dumps(text) if (not text or " " in text or '"' in text) else text
 
 
 def configure(fmt: str, level: str) -> logging.Logger:

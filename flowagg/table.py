@@ -9,10 +9,13 @@ Layout, chosen for memory (a million keys per hour is an ordinary day) and for t
     _tx     array('q') [row]   bytes_tx of each row, 8 bytes
     _rx     array('q') [row]   bytes_rx of each row, 8 bytes
     _wide   {(column, row): n} the part of a sum beyond 2**63 - 1, for the rare row that has one
+    _names  {name: name}       one copy of each name the table's keys use
 
 A key costs its tuple (64 bytes), its row number (32), its share of the dict (about 40 to 80)
-and 16 bytes of counters: about 155 to 190 bytes. The strings are interned when a key is first
-stored, so the thousands of keys that share an app name or a VPC store it once. No list or int
+and 16 bytes of counters: about 155 to 190 bytes. A key's names are deduplicated through the
+table's own ``_names`` when the key is first stored, so the thousands of keys that share an app
+name or a VPC store it once. (Not ``sys.intern``: its table is interpreter-wide, and churning
+hours through it, as retention does, made it grow without bound.) No list or int
 per counter is kept, so the cyclic garbage collector has nothing in a table to traverse, and
 adding to a row allocates nothing: memory stays flat however many flows arrive.
 
@@ -22,7 +25,6 @@ the excess in ``_wide``; a row's value is always ``_tx[row] + _wide.get((TX, row
 
 from __future__ import annotations
 
-import sys
 from array import array
 from typing import Protocol
 
@@ -51,19 +53,18 @@ Sums = dict[Key, Counters]  # a batch summed per key
 
 TX, RX = 0, 1  # the column of a _wide entry
 
-_intern = sys.intern
-
 
 class HourTable:
     """Not thread-safe: the owning partition's lock guards it."""
 
-    __slots__ = ("_index", "_tx", "_rx", "_wide")
+    __slots__ = ("_index", "_tx", "_rx", "_wide", "_names")
 
     def __init__(self) -> None:
         self._index: dict[Key, int] = {}
         self._tx = array("q")
         self._rx = array("q")
         self._wide: dict[tuple[int, int], int] = {}
+        self._names: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self._index)
@@ -74,12 +75,13 @@ class HourTable:
         Reads ``sums`` only: a value may be a record of the request itself.
         """
         index, tx_col, rx_col = self._index, self._tx, self._rx
-        row_of = index.get
+        row_of, name = index.get, self._names.setdefault
         for key, counters in sums.items():
             tx, rx = counters.bytes_tx, counters.bytes_rx
             row = row_of(key)
             if row is None:
-                row = index[(_intern(key[0]), _intern(key[1]), _intern(key[2]))] = len(tx_col)
+                src, dest, vpc = key
+                row = index[(name(src, src), name(dest, dest), name(vpc, vpc))] = len(tx_col)
                 tx_col.append(0)
                 rx_col.append(0)
             try:

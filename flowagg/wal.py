@@ -20,7 +20,10 @@ and a file is fsynced completely before the next one is created (``rotate``). So
 a damaged record it looks for the sync bytes of a valid record further on: if there is none, the
 damage is a torn tail and is cut off; if there is one, something in the middle is broken and
 start-up refuses rather than lose the records after it. (0xF1 0x0A is never valid UTF-8, so the
-marker does not occur inside the text of a record.)
+marker does not occur inside the text of a record. Integers can still hold those bytes, so a client
+could in principle craft flows whose encoding embeds a valid-looking record; were a crash to tear
+the record holding them, start-up would refuse instead of cutting the tail, and an operator would
+truncate the file at the offset named.)
 
 Durability: ``append`` hands the record to the OS, so it survives the process being killed.
 ``commit`` then waits as the fsync mode promises. In ``always`` mode the first committer to find

@@ -85,7 +85,10 @@ def parse_hour(values: list[str]) -> int:
     if not _HOUR.fullmatch(values[0]):
         shown = values[0] if len(values[0]) <= 40 else values[0][:37] + "..."
         raise BadRequest(f"query parameter 'hour' must be a non-negative integer, got {shown!r}")
-    return int(values[0])
+    digits = values[0].lstrip("0")
+    if len(digits) > len(str(INT64_MAX)):  # beyond any stored hour; int() refuses 4,300+ digits
+        return INT64_MAX + 1
+    return int(digits or "0")
 
 
 def parse_idempotency_key(values: list[str]) -> str | None:
@@ -190,6 +193,7 @@ def on_read_timeout(exc: ReadTimeout) -> Response:
 
 @bp.app_errorhandler(Closed)
 def on_closed(exc: Closed) -> Response:
+    _reject("unavailable")
     return error(503, "service is shutting down", retry_after=True)
 
 

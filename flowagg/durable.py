@@ -206,10 +206,20 @@ class DurableStore(PartitionedStore):
         (after making sure that request is durable); raise ``KeyReused`` if that request had
         other flows.
         """
-        if self.retention_hours is not None:
-            self._check_hours(flows)
         now = self._clock()
         payload, fingerprint = encode_record(flows, idempotency_key, now)
+        if idempotency_key is not None:
+            # A retry of an applied request is answered before anything could refuse it (a full
+            # buffer, an hour that has left the retention window since): it was applied.
+            with self._gate:
+                if self._closed:
+                    raise Closed("store is closed")
+                known = self._known(idempotency_key, fingerprint, now)
+            if known is not None:
+                self._commit(known[0])
+                return known[1]
+        if self.retention_hours is not None:
+            self._check_hours(flows)
         parts = self.split(flows)
         # Room first, outside the gate: waiting for a drainer must not hold up other requests,
         # and a request that gets no room must never reach the log.
@@ -219,16 +229,11 @@ class DurableStore(PartitionedStore):
             with self._gate:
                 if self._closed:
                     raise Closed("store is closed")
-                original = None
+                known = None  # a duplicate that arrived while this request waited for room
                 if idempotency_key is not None:
-                    original = self._keys.get(idempotency_key, now)
-                if original is not None:
-                    if original.fingerprint != fingerprint:
-                        raise KeyReused(
-                            f"Idempotency-Key {idempotency_key!r} was already used "
-                            "for a request with other flows"
-                        )
-                    record, answer = self._wal.appended, original.accepted  # at or after it
+                    known = self._known(idempotency_key, fingerprint, now)
+                if known is not None:
+                    record, answer = known
                 elif not flows and idempotency_key is None:
                     return 0
                 else:
@@ -248,6 +253,20 @@ class DurableStore(PartitionedStore):
             self._advance_window(max(flow.hour for flow in flows))
         self._commit(record)
         return answer
+
+    def _known(self, key: str, fingerprint: int, now: float) -> tuple[int, int] | None:
+        """For a key applied within the window: (record to wait for, the original answer).
+
+        Caller holds the gate. Raises ``KeyReused`` if that request had other flows.
+        """
+        original = self._keys.get(key, now)
+        if original is None:
+            return None
+        if original.fingerprint != fingerprint:
+            raise KeyReused(
+                f"Idempotency-Key {key!r} was already used for a request with other flows"
+            )
+        return self._wal.appended, original.accepted  # a record at or after the original
 
     def stats(self) -> StoreStats:
         return replace(super().stats(), log_bytes=self._wal.size)

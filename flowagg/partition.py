@@ -98,15 +98,20 @@ class Partition:
         batch, seq = self.buffer.take_all(0.0 if self._retry else timeout)
         if self._retry:
             batch = self._retry + batch
-        if batch:
-            started = time.perf_counter()
-            self._retry = batch  # kept until merged, so an exception below loses nothing
-            self._batch_seq = seq
-            self._merge(self._sum(batch))
-            self._retry = []
-            if self._on_drain is not None:
-                self._on_drain(len(batch), time.perf_counter() - started)
+        if not batch:
+            self._publish(seq)
+            return 0
+        started = time.perf_counter()
+        self._retry = batch  # kept until merged, so an exception below loses nothing
+        self._batch_seq = seq
+        self._merge(self._sum(batch))
+        self._retry = []
         self._publish(seq)
+        if self._on_drain is not None:
+            try:
+                self._on_drain(len(batch), time.perf_counter() - started)
+            except Exception:  # a metric must never hold up readers or the drainer
+                log.exception("partition %d: drain observer failed", self.index)
         return len(batch)
 
     def _sum(self, batch: list[Flow]) -> BatchSums:

@@ -61,16 +61,25 @@ def decode_flows(body: bytes) -> list[Flow]:
         # on; decoding the whole body untyped tells which of the two to report.
         try:
             document = _untyped.decode(body)
-        except msgspec.DecodeError as syntax:
+        except _UNREADABLE as syntax:
             raise InvalidBody(_malformed(body, syntax)) from None
         raise InvalidBody(_describe(document, str(exc))) from None
-    except msgspec.DecodeError as exc:
+    except _UNREADABLE as exc:
         raise InvalidBody(_malformed(body, exc)) from None
 
 
-def _malformed(body: bytes, exc: msgspec.DecodeError) -> str:
+# What a body that is not JSON can raise: malformed syntax, bytes that are not UTF-8 inside a
+# string, or nesting deeper than the decoder recurses.
+_UNREADABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+def _malformed(body: bytes, exc: Exception) -> str:
     if not body.strip():
         return "body is empty; expected a JSON array of flow records"
+    if isinstance(exc, UnicodeDecodeError):
+        return "body is not valid JSON: a string is not UTF-8"
+    if isinstance(exc, RecursionError):
+        return "body is not valid JSON: nested too deeply"
     return f"body is not valid JSON: {exc}"
 
 

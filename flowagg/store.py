@@ -167,8 +167,10 @@ class PartitionedStore:
         deadline = deadline_after(timeout)
         held: list[int] = []
         try:
-            for index, part in parts.items():
-                self.partitions[index].buffer.reserve(len(part), remaining(deadline))
+            # In ascending partition order: two requests then never hold room the other is
+            # waiting for (a circular wait that only the timeout would end).
+            for index in sorted(parts):
+                self.partitions[index].buffer.reserve(len(parts[index]), remaining(deadline))
                 held.append(index)
         except BaseException as exc:
             self._cancel({i: parts[i] for i in held})

@@ -211,6 +211,12 @@ BAD_BODIES = [
         b'{"src_app": "a"}', "$: expected a JSON array of flow records, got an object", id="object"
     ),
     pytest.param(b"null", "$: expected a JSON array of flow records, got null", id="null"),
+    pytest.param(b"[" * 100_000, "body is not valid JSON: nested too deeply", id="deep-nesting"),
+    pytest.param(
+        b'[{"src_app": "a\xff"}]',
+        "body is not valid JSON: a string is not UTF-8",
+        id="not-utf8",
+    ),
     pytest.param(
         b"9\xff",
         "body is not valid JSON: JSON is malformed: trailing characters (byte 2)",
@@ -296,3 +302,9 @@ def test_body_over_the_limit_is_413_and_nothing_applied():
         assert client.get("/flows?hour=1").get_json() == [flow()]
     finally:
         app.extensions["flowagg"].close(10)
+
+
+def test_hour_with_thousands_of_digits_is_an_empty_hour(client, flows):
+    flows.post([flow(hour=1)])
+    assert client.get("/flows?hour=" + "9" * 5000).get_json() == []
+    assert client.get("/flows?hour=" + "0" * 5000 + "1").get_json() == [flow(hour=1)]

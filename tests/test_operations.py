@@ -476,3 +476,42 @@ def test_fsync_and_log_size_metrics(tmp_path):
         assert value(after, "flowagg_log_bytes") > value(before, "flowagg_log_bytes")
     finally:
         assert app.extensions["flowagg"].close(WAIT_TIMEOUT)
+
+
+def test_a_retry_of_an_applied_request_is_answered_even_when_it_could_not_be_taken_now(tmp_path):
+    app = durable_app(
+        tmp_path,
+        FLOWAGG_RETENTION_HOURS=3,
+        FLOWAGG_BUFFER_CAPACITY=2,
+        FLOWAGG_ENQUEUE_TIMEOUT_MS=50,
+    )
+    client, flows = app.test_client(), Flows(app.test_client())
+    body, key = json.dumps([flow(hour=10)]), {"Idempotency-Key": "k1"}
+    try:
+        assert client.post("/flows", data=body, headers=key).get_json() == {"accepted": 1}
+        flows.post([flow(hour=20)])  # hour 10 leaves the window [17, 20]
+        response = client.post("/flows", data=body, headers=key)
+        assert (response.status_code, response.get_json()) == (200, {"accepted": 1})
+        stall = Stall(app.extensions["flowagg"].partitions[0])
+        flows.post([flow(hour=20)])
+        assert stall.entered.wait(WAIT_TIMEOUT)
+        flows.post([flow(hour=20)] * 2)  # partition 0 is full now
+        again = client.post(
+            "/flows", data=json.dumps([flow(hour=20)]), headers={"Idempotency-Key": "k2"}
+        )
+        assert again.status_code == 503  # a new request gets no room...
+        flows.post([flow(hour=18)], status=200)  # ...(other partitions still take flows)
+        response = client.post("/flows", data=body, headers=key)
+        assert (response.status_code, response.get_json()) == (200, {"accepted": 1})  # a retry does
+    finally:
+        stall.release.set()
+        assert app.extensions["flowagg"].close(WAIT_TIMEOUT)
+
+
+def test_posts_refused_while_shutting_down_are_counted(make_app):
+    app = make_app()
+    client = app.test_client()
+    assert app.extensions["flowagg"].close(WAIT_TIMEOUT)
+    response = client.post("/flows", data=json.dumps([flow()]))
+    assert (response.status_code, response.headers["Retry-After"]) == (503, "1")
+    assert value(scrape(client), "flowagg_requests_rejected_total", reason="unavailable") == 1

@@ -179,3 +179,30 @@ def test_read_of_one_partition_answers_while_another_drainer_is_stuck():
         release.set()
     assert store.read_hour(1, timeout=WAIT_TIMEOUT) == [("a", "b", "v", 1, 2)]
     assert store.close(WAIT_TIMEOUT)
+
+
+def test_rooms_are_reserved_in_ascending_partition_order():
+    """Two requests touching the same partitions in opposite orders must not each hold room the
+    other waits for."""
+    store = PartitionedStore(partitions=3, buffer_capacity=16, start=False)
+    order = []
+    for p in store.partitions:
+        original = p.buffer.reserve
+        p.buffer.reserve = lambda n, timeout=None, i=p.index, f=original: (
+            order.append(i),
+            f(n, timeout),
+        )
+    store.ingest([F(hour=2), F(hour=1), F(hour=0), F(hour=5)])
+    assert order == [0, 1, 2]
+    assert store.close(WAIT_TIMEOUT)
+
+
+def test_a_failing_drain_observer_does_not_hold_up_readers(caplog):
+    def observer(flows, seconds):
+        raise RuntimeError("observer fault")
+
+    p = Partition(0, buffer_capacity=8, on_drain=observer)
+    p.enqueue([F()])
+    assert p.drain_once() == 1
+    assert p.read(1, timeout=0) == [("a", "b", "v", 1, 2)]
+    assert "observer fault" in caplog.text

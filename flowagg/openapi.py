@@ -8,6 +8,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from flowagg.idempotency import MAX_KEY_LENGTH
 from flowagg.schema import INT64_MAX
 
 _NAME = {"type": "string", "minLength": 1}
@@ -46,6 +47,19 @@ def openapi_document() -> dict[str, Any]:
                 "post": {
                     "summary": "Add a batch of flow records (all or none)",
                     "operationId": "postFlows",
+                    "parameters": [
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "required": False,
+                            "description": "With a data directory: a retry with a key already"
+                            " applied answers the original result and is not applied again",
+                            "schema": {
+                                "type": "string",
+                                "pattern": f"^[!-~]{{1,{MAX_KEY_LENGTH}}}$",
+                            },
+                        }
+                    ],
                     "requestBody": {
                         "required": True,
                         "content": {
@@ -68,6 +82,7 @@ def openapi_document() -> dict[str, Any]:
                         ),
                         "400": _error("Malformed JSON, an invalid record, or an expired hour"),
                         "413": _error("Body larger than FLOWAGG_MAX_BODY_BYTES"),
+                        "422": _error("Idempotency-Key already used for other flows"),
                         "503": _error(
                             "Buffers full past the enqueue timeout; nothing applied", True
                         ),

@@ -1,10 +1,11 @@
 """The durable store: a PartitionedStore whose requests are logged before they are answered.
 
 Ingest. A POST's validated flows become ONE log record (with its idempotency key), so a request is
-whole or absent after a crash, whatever partitions it touches. Under the gate the record is
-appended to the log and then its parts are enqueued in their partitions; the POST then waits
-outside the gate until the record is as durable as ``FLOWAGG_FSYNC`` promises (group commit in
-wal.py). Because append and enqueue happen together under one lock, every partition receives its
+whole or absent after a crash, whatever partitions it touches. Room in every partition it touches
+is reserved first, outside the gate, so a request that gets no room never reaches the log. Under
+the gate the record is appended to the log and then its parts are put in their reserved room; the
+POST then waits outside the gate until the record is as durable as ``FLOWAGG_FSYNC`` promises
+(group commit in wal.py). Because append and enqueue happen together under one lock, every partition receives its
 flows in log order; the snapshot cut below rests on that.
 
 Compaction. When the log outgrows ``FLOWAGG_SNAPSHOT_BYTES`` the ``flowagg-snapshot`` thread:

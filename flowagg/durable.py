@@ -5,8 +5,8 @@ whole or absent after a crash, whatever partitions it touches. Room in every par
 is reserved first, outside the gate, so a request that gets no room never reaches the log. Under
 the gate the record is appended to the log and then its parts are put in their reserved room; the
 POST then waits outside the gate until the record is as durable as ``FLOWAGG_FSYNC`` promises
-(group commit in wal.py). Because append and enqueue happen together under one lock, every partition receives its
-flows in log order; the snapshot cut below rests on that.
+(group commit in wal.py). Because append and enqueue happen together under one lock, every
+partition receives its flows in log order; the snapshot cut below rests on that.
 
 Compaction. When the log outgrows ``FLOWAGG_SNAPSHOT_BYTES`` the ``flowagg-snapshot`` thread:
   1. fsyncs the log (ingestion continues), then under the gate fsyncs what arrived meanwhile,

@@ -19,6 +19,10 @@ server afresh and drives it with the same bounded load -- wrk with the Lua scrip
 Ratios are taken within a round (the servers ran minutes apart, not hours) and reported as the
 median over rounds with their min-max, which is the noise of this machine. Raw figures, the
 markdown table and every server's log go to ``loadtest/results/<timestamp>/``.
+
+``--compare REV`` also runs the service as of git revision REV (server "before") in every round,
+so a change is measured against its predecessor in the same run; ``--profile`` samples the
+service with py-spy during round 1 of each scenario.
 """
 
 from __future__ import annotations

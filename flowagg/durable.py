@@ -219,8 +219,7 @@ class DurableStore(PartitionedStore):
             if known is not None:
                 self._commit(known[0])
                 return known[1]
-        if self.retention_hours is not None:
-            self._check_hours(flows)
+        newest = self._check_hours(flows) if self.retention_hours is not None else None
         parts = self.split(flows)
         # Room first, outside the gate: waiting for a drainer must not hold up other requests,
         # and a request that gets no room must never reach the log.
@@ -250,8 +249,8 @@ class DurableStore(PartitionedStore):
         finally:
             if not enqueued:
                 self._cancel(parts)
-        if enqueued and self.retention_hours is not None and flows:
-            self._advance_window(max(flow.hour for flow in flows))
+        if enqueued and newest is not None:
+            self._advance_window(newest)
         self._commit(record)
         return answer
 

@@ -152,14 +152,13 @@ class PartitionedStore:
 
         Keeps no idempotency keys: in memory, every request is applied (see durable.py).
         """
-        if self.retention_hours is not None:
-            self._check_hours(flows)
+        newest = self._check_hours(flows) if self.retention_hours is not None else None
         parts = self.split(flows)
         self._reserve(parts, timeout)
         for index, part in parts.items():
             self.partitions[index].buffer.put_reserved(part)
-        if self.retention_hours is not None and flows:
-            self._advance_window(max(flow.hour for flow in flows))
+        if newest is not None:
+            self._advance_window(newest)
         return len(flows)
 
     def _reserve(self, parts: dict[int, list[Flow]], timeout: float | None) -> None:
@@ -186,8 +185,11 @@ class PartitionedStore:
         for index, part in parts.items():
             self.partitions[index].buffer.cancel(len(part))
 
-    def _check_hours(self, flows: Sequence[Flow]) -> None:
-        """Raise ``Expired`` for the first record older than the window this batch would leave."""
+    def _check_hours(self, flows: Sequence[Flow]) -> int | None:
+        """Raise ``Expired`` for the first record older than the window this batch would leave.
+
+        Returns the batch's newest hour (None for an empty batch), for ``_advance_window``.
+        """
         newest_in_batch = max((flow.hour for flow in flows), default=-1)
         with self._window_lock:
             newest = max(self._newest_hour, newest_in_batch)
@@ -195,6 +197,7 @@ class PartitionedStore:
         for index, flow in enumerate(flows):
             if flow.hour < oldest:
                 raise Expired(index, flow.hour, oldest, newest)
+        return newest_in_batch if flows else None
 
     def _advance_window(self, hour: int) -> None:
         """Record an accepted hour; if it is a new newest, drop hours that fell out of the window.

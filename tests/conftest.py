@@ -150,6 +150,23 @@ def live_server(start_server) -> LiveServer:
     return start_server()
 
 
+class Stall:
+    """Holds a partition's drainer inside its merge until released."""
+
+    def __init__(self, partition):
+        self.partition = partition
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        original = partition._merge
+
+        def stalled_merge(sums):
+            self.entered.set()
+            assert self.release.wait(WAIT_TIMEOUT)
+            original(sums)
+
+        partition._merge = stalled_merge
+
+
 def wait_until(predicate, timeout: float = WAIT_TIMEOUT) -> None:
     """Poll ``predicate`` until true; fail the test at the deadline (never a fixed sleep)."""
     deadline = time.monotonic() + timeout

@@ -4,7 +4,7 @@ import json
 import random
 import threading
 
-from tests.conftest import WAIT_TIMEOUT, flow
+from tests.conftest import WAIT_TIMEOUT, Stall, flow
 
 WRITERS = 8
 ROUNDS = 40
@@ -142,15 +142,7 @@ def test_get_waits_for_a_batch_that_left_the_buffer_but_is_not_yet_merged(live_s
     """The C++ original advanced the queue head before aggregating, so a GET arriving in that
     window answered without an acknowledged POST. Hold the drainer in exactly that window."""
     partition = live_server.app.extensions["flowagg"].partition_for(1)
-    merging, release = threading.Event(), threading.Event()
-    original = partition._merge
-
-    def paused_merge(sums):
-        merging.set()
-        assert release.wait(WAIT_TIMEOUT)
-        original(sums)
-
-    partition._merge = paused_merge
+    stall = Stall(partition)
     answered = threading.Event()
     result = []
 
@@ -161,12 +153,12 @@ def test_get_waits_for_a_batch_that_left_the_buffer_but_is_not_yet_merged(live_s
     reader = threading.Thread(target=get)
     try:
         assert live_server.request("POST", "/flows", json.dumps([flow()])) == (200, {"accepted": 1})
-        assert merging.wait(WAIT_TIMEOUT)
+        assert stall.entered.wait(WAIT_TIMEOUT)
         assert len(partition.buffer) == 0  # the batch has left the buffer
         reader.start()
         # A correct GET cannot answer while the merge is held; a buggy one answers [] at once.
         assert not answered.wait(0.5), f"GET answered before the merge: {result}"
     finally:
-        release.set()
+        stall.release.set()
         reader.join(WAIT_TIMEOUT)
     assert result == [(200, [flow()])]

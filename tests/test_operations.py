@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flowagg import create_app
-from tests.conftest import WAIT_TIMEOUT, Flows, flow, wait_until
+from tests.conftest import WAIT_TIMEOUT, Flows, Stall, flow, wait_until
 
 
 @pytest.fixture
@@ -30,23 +30,6 @@ def make_app(store_config):
     yield make
     for app in apps:
         assert app.extensions["flowagg"].close(WAIT_TIMEOUT)
-
-
-class Stall:
-    """Holds a partition's drainer inside its merge until released."""
-
-    def __init__(self, partition):
-        self.partition = partition
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        original = partition._merge
-
-        def stalled_merge(sums):
-            self.entered.set()
-            assert self.release.wait(WAIT_TIMEOUT)
-            original(sums)
-
-        partition._merge = stalled_merge
 
 
 def scrape(client) -> dict:

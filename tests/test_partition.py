@@ -1,5 +1,4 @@
 import logging
-import threading
 
 import pytest
 
@@ -7,7 +6,7 @@ from flowagg.partition import Partition, ReadTimeout
 from flowagg.ringbuffer import Closed
 from flowagg.schema import Flow
 from flowagg.store import PartitionedStore
-from tests.conftest import WAIT_TIMEOUT
+from tests.conftest import WAIT_TIMEOUT, Stall
 
 
 def F(src="a", dest="b", vpc="v", tx=1, rx=2, hour=1) -> Flow:
@@ -157,26 +156,17 @@ def test_routing_by_hour_modulo_partitions():
 
 def test_read_of_one_partition_answers_while_another_drainer_is_stuck():
     store = PartitionedStore(partitions=2, buffer_capacity=16)
-    stuck, release = threading.Event(), threading.Event()
-    blocked = store.partitions[1]
-    original = blocked._merge
-
-    def stuck_merge(sums):
-        stuck.set()
-        assert release.wait(WAIT_TIMEOUT)
-        original(sums)
-
-    blocked._merge = stuck_merge
+    stall = Stall(store.partitions[1])
     try:
         store.ingest([F(hour=1)])  # partition 1
-        assert stuck.wait(WAIT_TIMEOUT)
+        assert stall.entered.wait(WAIT_TIMEOUT)
         store.ingest([F(hour=0), F(hour=2)])  # partition 0 keeps ingesting
         assert store.read_hour(0, timeout=WAIT_TIMEOUT) == [("a", "b", "v", 1, 2)]
         assert store.read_hour(2, timeout=WAIT_TIMEOUT) == [("a", "b", "v", 1, 2)]
         with pytest.raises(ReadTimeout):
             store.read_hour(3, timeout=0)  # hour 3 shares the stuck partition
     finally:
-        release.set()
+        stall.release.set()
     assert store.read_hour(1, timeout=WAIT_TIMEOUT) == [("a", "b", "v", 1, 2)]
     assert store.close(WAIT_TIMEOUT)
 

@@ -15,7 +15,7 @@ from flowagg.config import ConfigError, resolve
 from flowagg.durable import open_durable_store
 from flowagg.metrics import Metrics
 from flowagg.shutdown import exit_on_sigterm
-from flowagg.store import PartitionedStore
+from flowagg.store.memory import PartitionedStore
 
 log = logging.getLogger(__name__)
 

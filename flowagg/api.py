@@ -12,11 +12,19 @@ from flask import Blueprint, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.exceptions import HTTPException
 
-from flowagg.idempotency import MAX_KEY_LENGTH, KeyReused
 from flowagg.metrics import Metrics
 from flowagg.openapi import openapi_document
 from flowagg.schema import INT64_MAX, Flow, InvalidBody, decode_flows, encode
-from flowagg.store import Closed, Expired, FlowStore, Overloaded, ReadTimeout, Unavailable
+from flowagg.store.base import (
+    MAX_KEY_LENGTH,
+    Closed,
+    Expired,
+    FlowStore,
+    KeyReused,
+    Overloaded,
+    ReadTimeout,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("flowagg.access")

@@ -51,13 +51,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
-from flowagg.idempotency import IdempotencyKeys, KeyEntry, KeyReused
-from flowagg.partition import DrainObserver
-from flowagg.ringbuffer import Closed, deadline_after, remaining
+from flowagg.idempotency import IdempotencyKeys, KeyEntry
 from flowagg.schema import Flow
 from flowagg.snapshot import SnapshotWriter, load_snapshot, snapshot_path
-from flowagg.store import PartitionedStore, StoreStats, Unavailable
-from flowagg.table import Sums
+from flowagg.store.base import Closed, KeyReused, StoreStats, Unavailable
+from flowagg.store.memory import PartitionedStore
+from flowagg.store.partition import DrainObserver
+from flowagg.store.ringbuffer import deadline_after, remaining
+from flowagg.store.table import Sums
 
 if TYPE_CHECKING:
     from flowagg.metrics import Metrics

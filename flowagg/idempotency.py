@@ -17,13 +17,6 @@ from collections.abc import Iterator
 
 import msgspec
 
-# A key is 1 to 255 visible ASCII characters (no spaces, no control characters).
-MAX_KEY_LENGTH = 255
-
-
-class KeyReused(Exception):
-    """An Idempotency-Key already applied to a different request; answered 422."""
-
 
 class KeyEntry(msgspec.Struct, gc=False, array_like=True, frozen=True):
     accepted_at: float  # unix time the request was applied; the window counts from here

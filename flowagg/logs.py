@@ -2,6 +2,11 @@
 
 Structured fields travel in ``extra={"fields": {...}}``; both formats print them after the
 message. The handler writes to whatever ``sys.stderr`` is at the time of each record.
+
+Loggers are named by component, not by module path: ``flowagg`` (start-up), ``flowagg.access``
+(request lines), ``flowagg.api``, ``flowagg.store``, ``flowagg.partition``, ``flowagg.durable``,
+``flowagg.wal`` and ``flowagg.shutdown``. Log lines and filters on them stay the same when code
+moves between modules.
 """
 
 from __future__ import annotations

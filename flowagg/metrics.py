@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from flowagg.store import FlowStore
+from flowagg.store.base import FlowStore
 
 REJECT_REASONS = ("invalid", "expired", "too_large", "overloaded", "unavailable")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from flowagg.idempotency import MAX_KEY_LENGTH
 from flowagg.schema import INT64_MAX
+from flowagg.store.base import MAX_KEY_LENGTH
 
 _NAME = {"type": "string", "minLength": 1}
 _COUNT = {"type": "integer", "minimum": 0, "maximum": INT64_MAX}

@@ -30,7 +30,7 @@ from pathlib import Path
 import msgspec
 
 from flowagg.idempotency import KeyEntry
-from flowagg.table import Row, Sums, Total
+from flowagg.store.table import Row, Sums, Total
 from flowagg.wal import (
     FILE_HEADER_SIZE,
     RECORD_HEADER_SIZE,

@@ -44,7 +44,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from flowagg.ringbuffer import deadline_after, remaining
+from flowagg.store.ringbuffer import deadline_after, remaining
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import threading
 import time
 from contextlib import contextmanager
 
-from flowagg.partition import Partition
 from flowagg.schema import Flow
+from flowagg.store.partition import Partition
 
 
 class PlainLock:

@@ -14,10 +14,10 @@ import argparse
 import time
 from collections.abc import Callable
 
-from flowagg.partition import Partition
 from flowagg.schema import Flow, decode_flows, encode
-from flowagg.store import PartitionedStore
-from flowagg.table import HourTable
+from flowagg.store.memory import PartitionedStore
+from flowagg.store.partition import Partition
+from flowagg.store.table import HourTable
 from loadtest import naive
 from loadtest.bench import batches, flow_json
 

@@ -8,10 +8,11 @@ import pytest
 
 from flowagg import create_app
 from flowagg.durable import DataDirInUse, DurableStore
-from flowagg.idempotency import IdempotencyKeys, KeyEntry, KeyReused
+from flowagg.idempotency import IdempotencyKeys, KeyEntry
 from flowagg.schema import Flow
 from flowagg.snapshot import SnapshotWriter, load_snapshot, snapshot_path
-from flowagg.store import PartitionedStore
+from flowagg.store.base import KeyReused
+from flowagg.store.memory import PartitionedStore
 from flowagg.wal import CorruptFile, log_path
 from tests.conftest import WAIT_TIMEOUT, flow
 

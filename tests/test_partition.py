@@ -2,10 +2,11 @@ import logging
 
 import pytest
 
-from flowagg.partition import Partition, ReadTimeout
-from flowagg.ringbuffer import Closed
 from flowagg.schema import Flow
-from flowagg.store import PartitionedStore
+from flowagg.store.base import ReadTimeout
+from flowagg.store.memory import PartitionedStore
+from flowagg.store.partition import Partition
+from flowagg.store.ringbuffer import Closed
 from tests.conftest import WAIT_TIMEOUT, Stall
 
 

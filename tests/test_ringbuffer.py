@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from flowagg.ringbuffer import Closed, Full, RingBuffer
+from flowagg.store.ringbuffer import Closed, Full, RingBuffer
 from tests.conftest import WAIT_TIMEOUT
 
 

@@ -2,7 +2,7 @@ import threading
 
 import pytest
 
-from flowagg.rwlock import RWLock
+from flowagg.store.rwlock import RWLock
 from tests.conftest import WAIT_TIMEOUT, wait_until
 
 

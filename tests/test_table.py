@@ -6,10 +6,10 @@ import tracemalloc
 import msgspec
 import pytest
 
-from flowagg.partition import Partition
 from flowagg.schema import Flow
-from flowagg.store import PartitionedStore
-from flowagg.table import HourTable
+from flowagg.store.memory import PartitionedStore
+from flowagg.store.partition import Partition
+from flowagg.store.table import HourTable
 
 INT64_MAX = 2**63 - 1
 

@@ -29,7 +29,9 @@ from array import array
 from typing import Protocol
 
 Key = tuple[str, str, str]  # (src_app, dest_app, vpc_id): a tuple, never a joined string
-Row = tuple[str, str, str, int, int]  # key + (bytes_tx, bytes_rx)
+# key + (bytes_tx, bytes_rx): store.base.Row, spelled out here because this module imports nothing
+# of the project (tests/test_layout.py checks that the two agree).
+Row = tuple[str, str, str, int, int]
 
 
 class Counters(Protocol):

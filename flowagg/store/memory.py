@@ -1,8 +1,8 @@
-"""The store: N partitions, routing by hour, retention, and their lifecycle.
+"""The in-memory store: N partitions, routing by hour, backpressure, retention, lifecycle.
 
-The HTTP layer sees only the ``FlowStore`` interface (ingest a validated batch, read an hour,
-flush, close, plus stats and health for operators), so a durable or remote backend can replace
-``PartitionedStore`` without touching it.
+``PartitionedStore`` implements ``FlowStore`` (base.py). Its partitions' ring buffers raise their
+own ``Closed``; the store answers with the interface's ``Closed`` at its boundary, so callers
+need to know nothing below ``base``.
 """
 
 from __future__ import annotations
@@ -10,92 +10,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from operator import attrgetter
-from typing import Protocol
 
-from flowagg.partition import DrainObserver, Partition, PartitionStats, ReadTimeout
-from flowagg.ringbuffer import Closed, Full, deadline_after, remaining
 from flowagg.schema import Flow
-from flowagg.table import Row
+from flowagg.store.base import Closed, Expired, Overloaded, Row, StoreStats
+from flowagg.store.partition import DrainObserver, Partition
+from flowagg.store.ringbuffer import Closed as BufferClosed
+from flowagg.store.ringbuffer import Full, deadline_after, remaining
 
-__all__ = [
-    "Closed",
-    "Expired",
-    "FlowStore",
-    "Overloaded",
-    "PartitionedStore",
-    "ReadTimeout",
-    "Row",
-    "Unavailable",
-]
-
-log = logging.getLogger(__name__)
+log = logging.getLogger("flowagg.store")
 
 _HOUR = attrgetter("hour")
-
-
-class Overloaded(Exception):
-    """A partition's buffer stayed full past the enqueue timeout; nothing was enqueued."""
-
-
-class Unavailable(Exception):
-    """The store cannot take writes (its log failed); answered 503 with the reason."""
-
-
-class Expired(ValueError):
-    """A record's hour is older than the retention window; nothing was enqueued."""
-
-    def __init__(self, index: int, hour: int, oldest: int, newest: int) -> None:
-        super().__init__(
-            f"$[{index}].hour: hour {hour} is outside the retention window"
-            f" [{oldest}, {newest}]; older hours are no longer kept"
-        )
-
-
-@dataclass(frozen=True)
-class StoreStats:
-    partitions: list[PartitionStats]
-    hours_dropped: int  # hours removed by retention since start
-    log_bytes: int | None = None  # size of the current write-ahead log, if there is one
-
-    @property
-    def keys(self) -> int:
-        return sum(p.keys for p in self.partitions)
-
-    @property
-    def hours(self) -> int:
-        return sum(p.hours for p in self.partitions)
-
-
-class FlowStore(Protocol):
-    def ingest(
-        self,
-        flows: Sequence[Flow],
-        timeout: float | None = None,
-        idempotency_key: str | None = None,
-    ) -> int:
-        """Accept a validated batch whole or not at all; visible to any later read.
-
-        Raises ``Overloaded`` if there was no room within ``timeout``, ``Expired`` for an hour
-        outside the retention window, ``Closed`` after close, ``Unavailable`` if it cannot be
-        stored. Returns the number accepted. A store that keeps idempotency keys applies a
-        batch whose key it has seen at most once and returns the original size again.
-        """
-
-    def read_hour(self, hour: int, timeout: float | None = None) -> list[Row]:
-        """Summed rows of ``hour`` including every batch ingested before the call."""
-
-    def flush(self, timeout: float | None = None) -> None:
-        """Wait until everything ingested so far is applied."""
-
-    def close(self, timeout: float | None = None) -> bool:
-        """Apply everything pending, stop background work; False if it did not finish in time."""
-
-    def stats(self) -> StoreStats: ...
-
-    def health(self, high_watermark: float) -> list[str]:
-        """Failed readiness checks, each a sentence; empty when ready."""
 
 
 class PartitionedStore:
@@ -150,7 +75,7 @@ class PartitionedStore:
     ) -> int:
         """Enqueue every part of the batch, or none; returns once all are enqueued.
 
-        Keeps no idempotency keys: in memory, every request is applied (see durable.py).
+        Keeps no idempotency keys: in memory, every request is applied (see durable/).
         """
         newest = self._check_hours(flows) if self.retention_hours is not None else None
         parts = self.split(flows)
@@ -178,6 +103,8 @@ class PartitionedStore:
                     f"partition {index} had no room for {len(parts[index])} flows"
                     f" within {timeout} s"
                 ) from None
+            if isinstance(exc, BufferClosed):
+                raise Closed(str(exc)) from None
             raise
 
     def _cancel(self, parts: dict[int, list[Flow]]) -> None:

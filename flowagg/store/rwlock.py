@@ -13,7 +13,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from flowagg.ringbuffer import deadline_after, remaining
+from flowagg.store.ringbuffer import deadline_after, remaining
 
 
 class RWLock:

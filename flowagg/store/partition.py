@@ -16,15 +16,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from operator import attrgetter
 
-from flowagg.ringbuffer import RingBuffer, deadline_after, remaining
-from flowagg.rwlock import RWLock
 from flowagg.schema import Flow
-from flowagg.table import HourTable, Row, Sums, Total
+from flowagg.store.base import PartitionStats, ReadTimeout
+from flowagg.store.ringbuffer import RingBuffer, deadline_after, remaining
+from flowagg.store.rwlock import RWLock
+from flowagg.store.table import HourTable, Row, Sums, Total
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flowagg.partition")
 
 BatchSums = dict[int, Sums]  # a batch summed per hour and key
 
@@ -34,21 +34,6 @@ RETRY_BACKOFF_S = 0.05
 
 _HOUR = attrgetter("hour")
 _KEY = attrgetter("src_app", "dest_app", "vpc_id")
-
-
-class ReadTimeout(Exception):
-    """The partition did not apply earlier writes in time; the read was not answered."""
-
-
-@dataclass(frozen=True)
-class PartitionStats:
-    index: int
-    depth: int  # flows in the buffer, not yet taken by the drainer
-    capacity: int
-    lag: int  # flows enqueued but not yet applied (in the buffer or being merged)
-    keys: int  # rows held, summed over hours
-    hours: int
-    drainer_alive: bool
 
 
 DrainObserver = Callable[[int, float], None]  # (flows applied, seconds taken) per drain step

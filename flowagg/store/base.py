@@ -1,0 +1,109 @@
+"""What the rest of flowagg knows of a store: the ``FlowStore`` interface, its errors, its stats.
+
+The web layer and the metrics import this module and nothing else of ``flowagg.store``, so a
+store backend is whatever implements ``FlowStore`` and raises these exceptions; ``create_app``
+picks one. Everything here is plain data and exceptions: no store code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from flowagg.schema import Flow
+
+Row = tuple[str, str, str, int, int]  # (src_app, dest_app, vpc_id, bytes_tx, bytes_rx)
+
+# An Idempotency-Key is 1 to 255 visible ASCII characters (no spaces, no control characters).
+MAX_KEY_LENGTH = 255
+
+
+class Closed(Exception):
+    """The store is closed (shutting down): it accepts nothing more."""
+
+
+class Overloaded(Exception):
+    """A partition's buffer stayed full past the enqueue timeout; nothing was enqueued."""
+
+
+class Unavailable(Exception):
+    """The store cannot take writes (its log failed); answered 503 with the reason."""
+
+
+class ReadTimeout(Exception):
+    """The partition did not apply earlier writes in time; the read was not answered."""
+
+
+class KeyReused(Exception):
+    """An Idempotency-Key already applied to a different request; answered 422."""
+
+
+class Expired(ValueError):
+    """A record's hour is older than the retention window; nothing was enqueued."""
+
+    def __init__(self, index: int, hour: int, oldest: int, newest: int) -> None:
+        super().__init__(
+            f"$[{index}].hour: hour {hour} is outside the retention window"
+            f" [{oldest}, {newest}]; older hours are no longer kept"
+        )
+
+
+@dataclass(frozen=True)
+class PartitionStats:
+    index: int
+    depth: int  # flows in the buffer, not yet taken by the drainer
+    capacity: int
+    lag: int  # flows enqueued but not yet applied (in the buffer or being merged)
+    keys: int  # rows held, summed over hours
+    hours: int
+    drainer_alive: bool
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    partitions: list[PartitionStats]
+    hours_dropped: int  # hours removed by retention since start
+    log_bytes: int | None = None  # size of the current write-ahead log, if there is one
+
+    @property
+    def keys(self) -> int:
+        return sum(p.keys for p in self.partitions)
+
+    @property
+    def hours(self) -> int:
+        return sum(p.hours for p in self.partitions)
+
+
+class FlowStore(Protocol):
+    def ingest(
+        self,
+        flows: Sequence[Flow],
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> int:
+        """Accept a validated batch whole or not at all; visible to any later read.
+
+        Raises ``Overloaded`` if there was no room within ``timeout``, ``Expired`` for an hour
+        outside the retention window, ``Closed`` after close, ``Unavailable`` if it cannot be
+        stored. Returns the number accepted. A store that keeps idempotency keys applies a
+        batch whose key it has seen at most once and returns the original size again (and
+        raises ``KeyReused`` for a key seen with other flows).
+        """
+
+    def read_hour(self, hour: int, timeout: float | None = None) -> list[Row]:
+        """Summed rows of ``hour`` including every batch ingested before the call.
+
+        Raises ``ReadTimeout`` if earlier batches were not applied within ``timeout``.
+        """
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything ingested so far is applied."""
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Apply everything pending, stop background work; False if it did not finish in time."""
+
+    def stats(self) -> StoreStats: ...
+
+    def health(self, high_watermark: float) -> list[str]:
+        """Failed readiness checks, each a sentence; empty when ready."""

@@ -13,8 +13,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from flowagg.store.ringbuffer import deadline_after, remaining
-
 
 class RWLock:
     def __init__(self) -> None:
@@ -30,18 +28,15 @@ class RWLock:
 
     def acquire_read(self, timeout: float | None = None) -> bool:
         me = threading.get_ident()
-        deadline = deadline_after(timeout)
+        _check_timeout(timeout)
         with self._mutex:
             if self._writer == me:
                 raise RuntimeError("thread holding the write lock asked for the read lock")
             if me in self._readers:  # re-entry: this thread already excludes writers
                 self._readers[me] += 1
                 return True
-            while self._writer is not None or self._writers_waiting:
-                left = remaining(deadline)
-                if left == 0.0:
-                    return False
-                self._readers_ok.wait(left)
+            if not self._readers_ok.wait_for(self._readers_may_enter, timeout):
+                return False
             self._readers[me] = 1
             return True
 
@@ -60,21 +55,18 @@ class RWLock:
 
     def acquire_write(self, timeout: float | None = None) -> bool:
         me = threading.get_ident()
-        deadline = deadline_after(timeout)
+        _check_timeout(timeout)
         with self._mutex:
             if me in self._readers:
                 raise RuntimeError("cannot upgrade a read lock to a write lock")
             if self._writer == me:
                 raise RuntimeError("write lock is not reentrant")
             self._writers_waiting += 1
-            while self._writer is not None or self._readers:
-                left = remaining(deadline)
-                if left == 0.0:
-                    self._writers_waiting -= 1
-                    # This writer may have been all that held the waiting readers back.
-                    self._readers_ok.notify_all()
-                    return False
-                self._writer_ok.wait(left)
+            if not self._writer_ok.wait_for(self._writer_may_enter, timeout):
+                self._writers_waiting -= 1
+                # This writer may have been all that held the waiting readers back.
+                self._readers_ok.notify_all()
+                return False
             self._writers_waiting -= 1
             self._writer = me
             return True
@@ -87,6 +79,14 @@ class RWLock:
             # Wake one writer first (preference); readers re-check and queue behind it.
             self._writer_ok.notify()
             self._readers_ok.notify_all()
+
+    def _readers_may_enter(self) -> bool:
+        # Caller holds the mutex. A waiting writer holds new readers back (writer preference).
+        return self._writer is None and not self._writers_waiting
+
+    def _writer_may_enter(self) -> bool:
+        # Caller holds the mutex.
+        return self._writer is None and not self._readers
 
     @contextmanager
     def read_lock(self) -> Iterator[None]:
@@ -103,3 +103,9 @@ class RWLock:
             yield
         finally:
             self.release_write()
+
+
+def _check_timeout(timeout: float | None) -> None:
+    # None waits forever; Condition.wait_for counts its own deadline from the timeout.
+    if timeout is not None and timeout < 0:
+        raise ValueError("timeout must be a non-negative number")

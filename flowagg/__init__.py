@@ -12,9 +12,9 @@ from flask import Flask
 from flowagg import logs
 from flowagg.api import bp
 from flowagg.config import ConfigError, resolve
-from flowagg.durable import open_durable_store
 from flowagg.metrics import Metrics
 from flowagg.shutdown import exit_on_sigterm
+from flowagg.store.durable import open_durable_store
 from flowagg.store.memory import PartitionedStore
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,8 @@ import sys
 
 from flowagg import create_app
 from flowagg.config import ConfigError
-from flowagg.durable import DataDirInUse
 from flowagg.shutdown import serve
-from flowagg.wal import CorruptFile
+from flowagg.store.durable import CorruptFile, DataDirInUse
 
 log = logging.getLogger("flowagg")
 

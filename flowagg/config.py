@@ -136,7 +136,7 @@ SETTINGS = (
         _int_at_least(1),
         "How long a GET waits for its partition to apply earlier POSTs before answering 503.",
     ),
-    # Durability (flowagg/durable.py); all but the first matter only when a data dir is set.
+    # Durability (flowagg/store/durable/); all but the first matter only when a data dir is set.
     Setting(
         "FLOWAGG_DATA_DIR",
         None,

@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 
 from flowagg.config import DEFAULTS
-from flowagg.durable import DurableStore
 from flowagg.schema import Flow
+from flowagg.store.durable import DurableStore
 
 ROOT = Path(__file__).resolve().parent.parent
 WAITRESS = str(Path(sys.executable).with_name("waitress-serve"))

@@ -7,13 +7,13 @@ import threading
 import pytest
 
 from flowagg import create_app
-from flowagg.durable import DataDirInUse, DurableStore
-from flowagg.idempotency import IdempotencyKeys, KeyEntry
 from flowagg.schema import Flow
-from flowagg.snapshot import SnapshotWriter, load_snapshot, snapshot_path
 from flowagg.store.base import KeyReused
+from flowagg.store.durable import DataDirInUse, DurableStore
+from flowagg.store.durable.idempotency import IdempotencyKeys, KeyEntry
+from flowagg.store.durable.snapshot import SnapshotWriter, load_snapshot, snapshot_path
+from flowagg.store.durable.wal import CorruptFile, log_path
 from flowagg.store.memory import PartitionedStore
-from flowagg.wal import CorruptFile, log_path
 from tests.conftest import WAIT_TIMEOUT, flow
 
 HOURS = 12

@@ -6,9 +6,9 @@ import signal
 
 import pytest
 
-from flowagg.durable import DurableStore
 from flowagg.schema import Flow
 from flowagg.shutdown import exit_on_sigterm
+from flowagg.store.durable import DurableStore
 from tests.conftest import flow
 from tests.serverproc import MODULE, WAITRESS, ServerProcess
 

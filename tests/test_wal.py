@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from flowagg import wal
-from flowagg.durable import DurableStore, decode_record, encode_record
 from flowagg.schema import Flow
-from flowagg.wal import (
+from flowagg.store.durable import wal
+from flowagg.store.durable.store import DurableStore, decode_record, encode_record
+from flowagg.store.durable.wal import (
     FILE_HEADER_SIZE,
     CorruptFile,
     LogFailed,

@@ -6,6 +6,7 @@
     ringbuffer.py  the bounded buffer a partition's producers put into
     rwlock.py      the writer-preferring lock around a partition's tables
     table.py       one hour's counters
+    durable/       ``DurableStore``: the same tables, fed through a write-ahead log and snapshots
 
 Callers outside this package import ``base`` only; ``create_app`` alone picks a concrete store.
 Nothing is re-exported here: import from the module that defines a name.

@@ -46,7 +46,7 @@ from pathlib import Path
 
 from flowagg.store.ringbuffer import deadline_after, remaining
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flowagg.wal")
 
 FORMAT_VERSION = 1
 LOG_MAGIC = b"FLOWAGGL"

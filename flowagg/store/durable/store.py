@@ -51,10 +51,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
-from flowagg.idempotency import IdempotencyKeys, KeyEntry
 from flowagg.schema import Flow
-from flowagg.snapshot import SnapshotWriter, load_snapshot, snapshot_path
 from flowagg.store.base import Closed, KeyReused, StoreStats, Unavailable
+from flowagg.store.durable.idempotency import IdempotencyKeys, KeyEntry
+from flowagg.store.durable.snapshot import SnapshotWriter, load_snapshot, snapshot_path
 from flowagg.store.memory import PartitionedStore
 from flowagg.store.partition import DrainObserver
 from flowagg.store.ringbuffer import deadline_after, remaining
@@ -62,7 +62,7 @@ from flowagg.store.table import Sums
 
 if TYPE_CHECKING:
     from flowagg.metrics import Metrics
-from flowagg.wal import (
+from flowagg.store.durable.wal import (
     FILE_HEADER_SIZE,
     LOG_MAGIC,
     CorruptFile,
@@ -75,7 +75,7 @@ from flowagg.wal import (
     read_records,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("flowagg.durable")
 
 LOCK_FILE = "LOCK"
 # How long a snapshot waits for a drainer to apply the flows before the cut, before giving up

@@ -13,7 +13,7 @@
 
 The snapshot holds every flow of the logs before ``generation`` and, for each partition i of the
 ``partitions`` there were when it was taken, the first skip_i flows that partition received from
-log ``generation``; replay skips exactly those (durable.py explains why). Sums are exact at any
+log ``generation``; replay skips exactly those (store.py explains why). Sums are exact at any
 size: a chunk with a counter of 2**64 or more (``wide``) carries its counters as decimal strings.
 
 A snapshot is written to a temporary file, fsynced, renamed into place and the directory fsynced,
@@ -29,9 +29,8 @@ from pathlib import Path
 
 import msgspec
 
-from flowagg.idempotency import KeyEntry
-from flowagg.store.table import Row, Sums, Total
-from flowagg.wal import (
+from flowagg.store.durable.idempotency import KeyEntry
+from flowagg.store.durable.wal import (
     FILE_HEADER_SIZE,
     RECORD_HEADER_SIZE,
     CorruptFile,
@@ -42,6 +41,7 @@ from flowagg.wal import (
     fsync_dir,
     read_records,
 )
+from flowagg.store.table import Row, Sums, Total
 
 SNAPSHOT_MAGIC = b"FLOWAGGS"
 CHUNK = 10_000  # rows or keys per record

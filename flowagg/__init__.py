@@ -9,8 +9,7 @@ from typing import Any
 
 from flask import Flask
 
-from flowagg import logs
-from flowagg.api import bp
+from flowagg import logs, web
 from flowagg.config import ConfigError, resolve
 from flowagg.metrics import Metrics
 from flowagg.shutdown import exit_on_sigterm
@@ -21,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    """Build the app: settings (defaults < environment < ``config``), store, blueprint.
+    """Build the app: settings (defaults < environment < ``config``), store, web layer.
 
     ``waitress-serve --call flowagg:create_app`` works as well as ``wsgi:app``. An invalid
     setting stops start-up with one line naming the variable.
@@ -51,5 +50,5 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     metrics.watch(store)
     app.extensions["flowagg"] = store
     app.extensions["flowagg.metrics"] = metrics
-    app.register_blueprint(bp)
+    web.register(app)
     return app

@@ -68,7 +68,7 @@ def read_path(repeats: int) -> list[tuple[str, float]]:
     naive.add(hours, flows)
     answer = naive.flows_of(hours, hour)
 
-    def view() -> list[Flow]:  # the expression in flowagg.api.get_flows
+    def view() -> list[Flow]:  # the expression in flowagg.web.flows.get_flows
         return [Flow(s, d, v, tx, rx, hour) for s, d, v, tx, rx in rows]
 
     stages = [

@@ -9,7 +9,7 @@ from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from flowagg import create_app
-from flowagg.openapi import openapi_document
+from flowagg.web.openapi import openapi_document
 from tests.conftest import WAIT_TIMEOUT, flow
 
 

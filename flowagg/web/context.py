@@ -1,0 +1,20 @@
+"""What a request handler reaches through the current app: its store and its metrics.
+
+``create_app`` puts both in ``app.extensions``; nothing lives in module globals, so several apps
+(as in the tests) serve side by side in one process.
+"""
+
+from __future__ import annotations
+
+from flask import current_app
+
+from flowagg.metrics import Metrics
+from flowagg.store.base import FlowStore
+
+
+def get_store() -> FlowStore:
+    return current_app.extensions["flowagg"]
+
+
+def get_metrics() -> Metrics:
+    return current_app.extensions["flowagg.metrics"]

@@ -1,0 +1,109 @@
+"""JSON answers, and the app-wide error handlers: every error answers ``{"error": "..."}``.
+
+The store's exceptions (``flowagg.store.base``) map to statuses here, and refused POSTs are
+counted by reason in ``flowagg_requests_rejected_total``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import HTTPException
+
+from flowagg.schema import InvalidBody, encode
+from flowagg.store.base import Closed, Expired, KeyReused, Overloaded, ReadTimeout, Unavailable
+from flowagg.web.context import get_metrics
+
+log = logging.getLogger("flowagg.api")
+
+# Registers no route, only handlers for the whole app.
+bp = Blueprint("errors", __name__)
+
+RETRY_AFTER_S = "1"
+
+
+class BadRequest(Exception):
+    """A client error answered with 400 and the message."""
+
+
+def json_response(value: object, status: int = 200) -> Response:
+    return Response(encode(value), status=status, mimetype="application/json")
+
+
+def error(status: int, message: str, retry_after: bool = False) -> Response:
+    response = json_response({"error": message}, status)
+    if retry_after:
+        response.headers["Retry-After"] = RETRY_AFTER_S
+    return response
+
+
+def _reject(reason: str) -> None:
+    if request.method == "POST" and request.path == "/flows":
+        get_metrics().requests_rejected.labels(reason).inc()
+
+
+@bp.app_errorhandler(InvalidBody)
+@bp.app_errorhandler(Expired)
+def on_invalid_body(exc: Exception) -> Response:
+    _reject("expired" if isinstance(exc, Expired) else "invalid")
+    return error(400, str(exc))
+
+
+@bp.app_errorhandler(BadRequest)
+def on_bad_request(exc: BadRequest) -> Response:
+    _reject("invalid")  # only counted for POST /flows (a bad Idempotency-Key)
+    return error(400, str(exc))
+
+
+@bp.app_errorhandler(HTTPException)
+def on_http_error(exc: HTTPException) -> Response:
+    if exc.code == 413:
+        _reject("too_large")
+        limit = current_app.config["FLOWAGG_MAX_BODY_BYTES"]
+        return error(413, f"request body exceeds the limit of {limit} bytes")
+    if exc.code == 404:
+        return error(404, f"no such path: {request.path}")
+    if exc.code == 405:
+        response = error(405, f"method {request.method} not allowed on {request.path}")
+        response.headers["Allow"] = ", ".join(exc.valid_methods or ())
+        return response
+    return error(exc.code or 500, exc.description or exc.name)
+
+
+@bp.app_errorhandler(Overloaded)
+def on_overloaded(exc: Overloaded) -> Response:
+    _reject("overloaded")
+    log.warning("overloaded: %s", exc)
+    return error(503, f"overloaded: {exc}; nothing was applied, retry later", retry_after=True)
+
+
+@bp.app_errorhandler(ReadTimeout)
+def on_read_timeout(exc: ReadTimeout) -> Response:
+    log.warning("read timed out: %s", exc)
+    return error(503, f"{exc}; retry later", retry_after=True)
+
+
+@bp.app_errorhandler(Closed)
+def on_closed(exc: Closed) -> Response:
+    _reject("unavailable")
+    return error(503, "service is shutting down", retry_after=True)
+
+
+@bp.app_errorhandler(KeyReused)
+def on_key_reused(exc: KeyReused) -> Response:
+    _reject("invalid")
+    return error(422, str(exc))
+
+
+@bp.app_errorhandler(Unavailable)
+def on_unavailable(exc: Unavailable) -> Response:
+    # Logged once where the log failed; every POST after that is refused the same way.
+    _reject("unavailable")
+    return error(503, f"cannot store the request: {exc}")
+
+
+@bp.app_errorhandler(Exception)
+def on_unexpected(exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return error(500, "internal error")

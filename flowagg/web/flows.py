@@ -1,0 +1,77 @@
+"""The ``flows`` blueprint: POST /flows and GET /flows?hour=H, between HTTP and the store."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from flask import Blueprint, Response, current_app, g, request
+
+from flowagg.schema import INT64_MAX, Flow, decode_flows
+from flowagg.store.base import MAX_KEY_LENGTH
+from flowagg.web.context import get_metrics, get_store
+from flowagg.web.errors import BadRequest, json_response
+
+bp = Blueprint("flows", __name__)
+
+_HOUR = re.compile(r"[0-9]+")
+_IDEMPOTENCY_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
+
+
+def _ms(setting: str) -> float:
+    return current_app.config[setting] / 1000
+
+
+@bp.post("/flows")
+def post_flows() -> Response:
+    # get_data() reads the raw body whatever the Content-Type (curl -d sends a form type) and
+    # raises 413 before reading when Content-Length exceeds MAX_CONTENT_LENGTH.
+    key = parse_idempotency_key(request.headers.getlist("Idempotency-Key"))
+    flows = decode_flows(request.get_data(cache=False))
+    accepted = get_store().ingest(
+        flows, timeout=_ms("FLOWAGG_ENQUEUE_TIMEOUT_MS"), idempotency_key=key
+    )
+    metrics = get_metrics()
+    metrics.requests_accepted.inc()
+    metrics.flows_accepted.inc(accepted)
+    g.accepted = accepted  # for the request line (requestlog.py)
+    return json_response({"accepted": accepted})
+
+
+@bp.get("/flows")
+def get_flows() -> Response:
+    started = time.perf_counter()
+    hour = parse_hour(request.args.getlist("hour"))
+    if hour > INT64_MAX:  # no flow can have such an hour
+        return json_response([])
+    rows = get_store().read_hour(hour, timeout=_ms("FLOWAGG_READ_TIMEOUT_MS"))
+    # Rows were copied under the partition's read lock; encoding happens after its release.
+    response = json_response([Flow(s, d, v, tx, rx, hour) for s, d, v, tx, rx in rows])
+    get_metrics().read_seconds.observe(time.perf_counter() - started)
+    return response
+
+
+def parse_hour(values: list[str]) -> int:
+    if not values:
+        raise BadRequest("query parameter 'hour' is required")
+    if len(values) > 1:
+        raise BadRequest("query parameter 'hour' must be given once")
+    if not _HOUR.fullmatch(values[0]):
+        shown = values[0] if len(values[0]) <= 40 else values[0][:37] + "..."
+        raise BadRequest(f"query parameter 'hour' must be a non-negative integer, got {shown!r}")
+    digits = values[0].lstrip("0")
+    if len(digits) > len(str(INT64_MAX)):  # beyond any stored hour; int() refuses 4,300+ digits
+        return INT64_MAX + 1
+    return int(digits or "0")
+
+
+def parse_idempotency_key(values: list[str]) -> str | None:
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest("header Idempotency-Key must be given once")
+    if not _IDEMPOTENCY_KEY.fullmatch(values[0]):
+        raise BadRequest(
+            f"header Idempotency-Key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters"
+        )
+    return values[0]

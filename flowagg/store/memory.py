@@ -3,6 +3,11 @@
 ``PartitionedStore`` implements ``FlowStore`` (base.py). Its partitions' ring buffers raise their
 own ``Closed``; the store answers with the interface's ``Closed`` at its boundary, so callers
 need to know nothing below ``base``.
+
+An ingest runs ``check_hours`` (retention), ``split`` (by partition), ``reserve`` (room in every
+buffer the batch touches, or none), ``put_reserved`` and ``advance_window``. They are public so
+that the durable store can log a request between reserving and putting; ``cancel`` gives reserved
+room back.
 """
 
 from __future__ import annotations
@@ -43,8 +48,12 @@ class PartitionedStore:
         self._newest_hour = -1
         self._hours_dropped = 0
         if start:
-            for partition in self.partitions:
-                partition.start()
+            self.start()
+
+    def start(self) -> None:
+        """Start every partition's drainer thread."""
+        for partition in self.partitions:
+            partition.start()
 
     def partition_for(self, hour: int) -> Partition:
         return self.partitions[hour % len(self.partitions)]
@@ -77,17 +86,19 @@ class PartitionedStore:
 
         Keeps no idempotency keys: in memory, every request is applied (see durable/).
         """
-        newest = self._check_hours(flows) if self.retention_hours is not None else None
+        newest = self.check_hours(flows)
         parts = self.split(flows)
-        self._reserve(parts, timeout)
-        for index, part in parts.items():
-            self.partitions[index].buffer.put_reserved(part)
+        self.reserve(parts, timeout)
+        self.put_reserved(parts)
         if newest is not None:
-            self._advance_window(newest)
+            self.advance_window(newest)
         return len(flows)
 
-    def _reserve(self, parts: dict[int, list[Flow]], timeout: float | None) -> None:
-        """Hold room for every part in its buffer, or hold nothing and raise ``Overloaded``."""
+    def reserve(self, parts: dict[int, list[Flow]], timeout: float | None) -> None:
+        """Hold room for every part in its buffer, or hold nothing and raise ``Overloaded``.
+
+        Raises ``Closed`` once the store is closed.
+        """
         deadline = deadline_after(timeout)
         held: list[int] = []
         try:
@@ -97,7 +108,7 @@ class PartitionedStore:
                 self.partitions[index].buffer.reserve(len(parts[index]), remaining(deadline))
                 held.append(index)
         except BaseException as exc:
-            self._cancel({i: parts[i] for i in held})
+            self.cancel({i: parts[i] for i in held})
             if isinstance(exc, Full):
                 raise Overloaded(
                     f"partition {index} had no room for {len(parts[index])} flows"
@@ -107,16 +118,24 @@ class PartitionedStore:
                 raise Closed(str(exc)) from None
             raise
 
-    def _cancel(self, parts: dict[int, list[Flow]]) -> None:
+    def put_reserved(self, parts: dict[int, list[Flow]]) -> None:
+        """Put every part in the room ``reserve`` held for it; never blocks."""
+        for index, part in parts.items():
+            self.partitions[index].buffer.put_reserved(part)
+
+    def cancel(self, parts: dict[int, list[Flow]]) -> None:
         """Give back room reserved for ``parts`` that will not be put."""
         for index, part in parts.items():
             self.partitions[index].buffer.cancel(len(part))
 
-    def _check_hours(self, flows: Sequence[Flow]) -> int | None:
+    def check_hours(self, flows: Sequence[Flow]) -> int | None:
         """Raise ``Expired`` for the first record older than the window this batch would leave.
 
-        Returns the batch's newest hour (None for an empty batch), for ``_advance_window``.
+        Returns the batch's newest hour, for ``advance_window``: None without retention or for an
+        empty batch.
         """
+        if self.retention_hours is None:
+            return None
         newest_in_batch = max((flow.hour for flow in flows), default=-1)
         with self._window_lock:
             newest = max(self._newest_hour, newest_in_batch)
@@ -126,7 +145,7 @@ class PartitionedStore:
                 raise Expired(index, flow.hour, oldest, newest)
         return newest_in_batch if flows else None
 
-    def _advance_window(self, hour: int) -> None:
+    def advance_window(self, hour: int) -> None:
         """Record an accepted hour; if it is a new newest, drop hours that fell out of the window.
 
         Flows of a dropped hour that were still queued are discarded by the drainer, so an hour
@@ -143,11 +162,11 @@ class PartitionedStore:
                 self._hours_dropped += dropped
             log.info("retention: dropped %d hour(s) older than %d", dropped, cutoff)
 
-    def _restore_window(self) -> None:
+    def restore_window(self) -> None:
         """After loading stored tables: take the newest hour held as the newest seen, and drop
         what lies outside the window (as it had been before a restart)."""
         if self.retention_hours is not None:
-            self._advance_window(max(p.newest_hour() for p in self.partitions))
+            self.advance_window(max(p.newest_hour() for p in self.partitions))
 
     def window(self) -> tuple[int, int] | None:
         """(oldest kept hour, newest hour seen), or None without retention or data."""

@@ -1,4 +1,4 @@
-"""The durable store: a PartitionedStore whose requests are logged before they are answered.
+"""The durable store: a PartitionedStore fed through a log, each request logged before its answer.
 
 Ingest. A POST's validated flows become ONE log record (with its idempotency key), so a request is
 whole or absent after a crash, whatever partitions it touches. Room in every partition it touches
@@ -52,11 +52,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import msgspec
 
 from flowagg.schema import Flow
-from flowagg.store.base import Closed, KeyReused, StoreStats, Unavailable
+from flowagg.store.base import Closed, KeyReused, Row, StoreStats, Unavailable
 from flowagg.store.durable.idempotency import IdempotencyKeys, KeyEntry
 from flowagg.store.durable.snapshot import SnapshotWriter, load_snapshot, snapshot_path
 from flowagg.store.memory import PartitionedStore
-from flowagg.store.partition import DrainObserver
+from flowagg.store.partition import DrainObserver, Partition
 from flowagg.store.ringbuffer import deadline_after, remaining
 from flowagg.store.table import Sums
 
@@ -135,7 +135,10 @@ class Cut(NamedTuple):
 # -- the store -------------------------------------------------------------------------------
 
 
-class DurableStore(PartitionedStore):
+class DurableStore:
+    """Owns a ``PartitionedStore`` (the tables and buffers), the log, the idempotency keys and the
+    snapshot thread; a request reaches the memory store only once its record is in the log."""
+
     def __init__(
         self,
         directory: str | os.PathLike,
@@ -151,7 +154,9 @@ class DurableStore(PartitionedStore):
         start: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(partitions, buffer_capacity, retention_hours, on_drain, start=False)
+        self.memory = PartitionedStore(
+            partitions, buffer_capacity, retention_hours, on_drain, start=False
+        )
         self.directory = Path(directory)
         self.snapshot_bytes = snapshot_bytes
         self._clock = clock
@@ -160,7 +165,7 @@ class DurableStore(PartitionedStore):
         try:
             self._keys = IdempotencyKeys(idempotency_ttl_s)
             recovered = self._recover()
-            self._restore_window()
+            self.memory.restore_window()
             self._wal = WriteAheadLog(
                 self.directory, recovered.next_generation, fsync, fsync_interval_s, on_fsync
             )
@@ -181,8 +186,7 @@ class DurableStore(PartitionedStore):
 
     def start(self) -> None:
         """Start the drainers, the snapshot thread and (in interval mode) the fsync thread."""
-        for partition in self.partitions:
-            partition.start()
+        self.memory.start()
         self._wal.start()
         self._snapshot_thread = threading.Thread(
             target=self._run_snapshots, name="flowagg-snapshot", daemon=True
@@ -193,6 +197,24 @@ class DurableStore(PartitionedStore):
     def closed(self) -> bool:
         with self._gate:
             return self._closed
+
+    @property
+    def partitions(self) -> list[Partition]:
+        return self.memory.partitions
+
+    def partition_for(self, hour: int) -> Partition:
+        return self.memory.partition_for(hour)
+
+    def window(self) -> tuple[int, int] | None:
+        return self.memory.window()
+
+    # -- reads: the memory store answers them ------------------------------------------------
+
+    def read_hour(self, hour: int, timeout: float | None = None) -> list[Row]:
+        return self.memory.read_hour(hour, timeout)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.memory.flush(timeout)
 
     # -- ingest ----------------------------------------------------------------------------
 
@@ -220,11 +242,11 @@ class DurableStore(PartitionedStore):
             if known is not None:
                 self._commit(known[0])
                 return known[1]
-        newest = self._check_hours(flows) if self.retention_hours is not None else None
-        parts = self.split(flows)
+        newest = self.memory.check_hours(flows)
+        parts = self.memory.split(flows)
         # Room first, outside the gate: waiting for a drainer must not hold up other requests,
         # and a request that gets no room must never reach the log.
-        self._reserve(parts, timeout)
+        self.memory.reserve(parts, timeout)
         enqueued = False
         try:
             with self._gate:
@@ -239,8 +261,7 @@ class DurableStore(PartitionedStore):
                     return 0
                 else:
                     record, answer = self._append(payload), len(flows)
-                    for index, part in parts.items():
-                        self.partitions[index].buffer.put_reserved(part)
+                    self.memory.put_reserved(parts)
                     enqueued = True
                     if idempotency_key is not None:
                         self._keys.add(idempotency_key, KeyEntry(now, answer, fingerprint), now)
@@ -249,9 +270,9 @@ class DurableStore(PartitionedStore):
                         self.compaction_due.notify()
         finally:
             if not enqueued:
-                self._cancel(parts)
+                self.memory.cancel(parts)
         if enqueued and newest is not None:
-            self._advance_window(newest)
+            self.memory.advance_window(newest)
         self._commit(record)
         return answer
 
@@ -270,10 +291,10 @@ class DurableStore(PartitionedStore):
         return self._wal.appended, original.accepted  # a record at or after the original
 
     def stats(self) -> StoreStats:
-        return replace(super().stats(), log_bytes=self._wal.size)
+        return replace(self.memory.stats(), log_bytes=self._wal.size)
 
     def health(self, high_watermark: float) -> list[str]:
-        problems = super().health(high_watermark)
+        problems = self.memory.health(high_watermark)
         failure = self._wal.failure
         if failure is not None:
             problems.append(f"log: {failure}")
@@ -396,7 +417,7 @@ class DurableStore(PartitionedStore):
                 return True
             self._closed = True
             self.compaction_due.notify_all()
-        ok = super().close(remaining(deadline))
+        ok = self.memory.close(remaining(deadline))
         thread = self._snapshot_thread
         if thread is not None:
             thread.join(remaining(deadline))
@@ -451,14 +472,14 @@ class DurableStore(PartitionedStore):
         return Recovered(replay[-1] + 1 if replay else base, records)
 
     def _load_rows(self, hour: int, sums: Sums) -> None:
-        self.partition_for(hour).load({hour: sums})
+        self.memory.partition_for(hour).load({hour: sums})
 
     def _replay(self, record: LogRecord, skip: list[int], partitions: int, now: float) -> None:
         """Apply one log record, less the flows the snapshot already holds (counted in skip)."""
         flows: Sequence[LoggedFlow] = record.flows
         if any(skip):
             flows = _drop_snapshotted(flows, skip, partitions)
-        for index, part in self.split(flows).items():  # type: ignore[arg-type]
+        for index, part in self.memory.split(flows).items():  # type: ignore[arg-type]
             self.partitions[index].apply(part)
         if record.key is not None:
             entry = KeyEntry(record.accepted_at, len(record.flows), record.fingerprint)

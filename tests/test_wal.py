@@ -8,8 +8,8 @@ import threading
 import pytest
 
 from flowagg.schema import Flow
-from flowagg.store.durable import wal
-from flowagg.store.durable.store import DurableStore, decode_record, encode_record
+from flowagg.store.durable import DurableStore, wal
+from flowagg.store.durable.records import decode_record, encode_record
 from flowagg.store.durable.wal import (
     FILE_HEADER_SIZE,
     CorruptFile,

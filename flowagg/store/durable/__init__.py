@@ -1,6 +1,10 @@
 """The durable store: every accepted request is logged before it is answered.
 
-    store.py        ``DurableStore``: ingest through the log, compaction, recovery, close
+    store.py        ``DurableStore``: a ``PartitionedStore`` fed through the log; the gate
+    records.py      the log record of one request
+    recovery.py     start-up: load the newest snapshot, replay the logs after it
+    compaction.py   the snapshot cut and write, which replace older logs
+    directory.py    the data directory: its lock, its numbered files
     wal.py          the write-ahead log: record framing, damage detection, group commit
     snapshot.py     snapshot files: write (temporary file, fsync, rename) and load
     idempotency.py  ``Idempotency-Key``s within their window
@@ -8,7 +12,8 @@
 ``create_app`` and ``python -m flowagg`` need only what is imported here.
 """
 
-from flowagg.store.durable.store import DataDirInUse, DurableStore, open_durable_store
+from flowagg.store.durable.directory import DataDirInUse
+from flowagg.store.durable.store import DurableStore, open_durable_store
 from flowagg.store.durable.wal import CorruptFile
 
 __all__ = ["CorruptFile", "DataDirInUse", "DurableStore", "open_durable_store"]

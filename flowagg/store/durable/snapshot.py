@@ -13,7 +13,7 @@
 
 The snapshot holds every flow of the logs before ``generation`` and, for each partition i of the
 ``partitions`` there were when it was taken, the first skip_i flows that partition received from
-log ``generation``; replay skips exactly those (store.py explains why). Sums are exact at any
+log ``generation``; replay skips exactly those (compaction.py explains why). Sums are exact at any
 size: a chunk with a counter of 2**64 or more (``wide``) carries its counters as decimal strings.
 
 A snapshot is written to a temporary file, fsynced, renamed into place and the directory fsynced,

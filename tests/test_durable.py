@@ -10,9 +10,10 @@ from flowagg import create_app
 from flowagg.schema import Flow
 from flowagg.store.base import KeyReused
 from flowagg.store.durable import DataDirInUse, DurableStore
+from flowagg.store.durable.framing import CorruptFile
 from flowagg.store.durable.idempotency import IdempotencyKeys, KeyEntry
 from flowagg.store.durable.snapshot import SnapshotWriter, load_snapshot, snapshot_path
-from flowagg.store.durable.wal import CorruptFile, log_path
+from flowagg.store.durable.wal import log_path
 from flowagg.store.memory import PartitionedStore
 from tests.conftest import WAIT_TIMEOUT, flow
 

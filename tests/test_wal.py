@@ -8,17 +8,10 @@ import threading
 import pytest
 
 from flowagg.schema import Flow
-from flowagg.store.durable import DurableStore, wal
+from flowagg.store.durable import DurableStore, framing
+from flowagg.store.durable.framing import FILE_HEADER_SIZE, CorruptFile, TornTail, read_records
 from flowagg.store.durable.records import decode_record, encode_record
-from flowagg.store.durable.wal import (
-    FILE_HEADER_SIZE,
-    CorruptFile,
-    LogFailed,
-    TornTail,
-    WriteAheadLog,
-    log_path,
-    read_records,
-)
+from flowagg.store.durable.wal import LogFailed, WriteAheadLog, log_path
 from tests.conftest import WAIT_TIMEOUT
 
 
@@ -71,13 +64,13 @@ def test_file_starts_with_magic_and_version(tmp_path):
     write_log(tmp_path, [b"x"])
     data = log_path(tmp_path, 1).read_bytes()
     assert data[:8] == b"FLOWAGGL"
-    assert int.from_bytes(data[8:12], "little") == wal.FORMAT_VERSION
-    assert data[FILE_HEADER_SIZE : FILE_HEADER_SIZE + 4] == wal.SYNC
+    assert int.from_bytes(data[8:12], "little") == framing.FORMAT_VERSION
+    assert data[FILE_HEADER_SIZE : FILE_HEADER_SIZE + 4] == framing.SYNC
 
 
 @pytest.mark.parametrize(
     "tail",
-    [b"\x00garbage that is not a record", b"\x00" * 4096, wal.SYNC + b"\xff\xff"],
+    [b"\x00garbage that is not a record", b"\x00" * 4096, framing.SYNC + b"\xff\xff"],
     ids=["garbage", "zeros", "torn-header"],
 )
 def test_garbage_after_the_last_record_is_a_torn_tail(tmp_path, tail):
@@ -94,7 +87,7 @@ def test_flipped_bit_before_the_tail_is_corruption_naming_file_and_offset(tmp_pa
     offsets = write_log(tmp_path, [b"one", b"two", b"three"])
     path = log_path(tmp_path, 1)
     data = bytearray(path.read_bytes())
-    data[offsets[1] + wal.RECORD_HEADER_SIZE] ^= 0x01  # first payload byte of the second record
+    data[offsets[1] + framing.RECORD_HEADER_SIZE] ^= 0x01  # first payload byte of the second record
     with pytest.raises(CorruptFile, match=f"{path} is corrupt at byte offset {offsets[1]}: "):
         list(read_records(bytes(data), FILE_HEADER_SIZE, path))
 
@@ -165,7 +158,7 @@ def test_store_refuses_to_start_on_a_flipped_bit_before_the_tail(tmp_path):
     path = newest_log(tmp_path)
     data = bytearray(path.read_bytes())
     offsets = [offset for offset, _ in read_records(bytes(data), FILE_HEADER_SIZE, path)]
-    data[offsets[1] + wal.RECORD_HEADER_SIZE + 2] ^= 0x08
+    data[offsets[1] + framing.RECORD_HEADER_SIZE + 2] ^= 0x08
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptFile, match=rf"{path} is corrupt at byte offset {offsets[1]}"):
         open_store(tmp_path)

@@ -5,7 +5,8 @@
     recovery.py     start-up: load the newest snapshot, replay the logs after it
     compaction.py   the snapshot cut and write, which replace older logs
     directory.py    the data directory: its lock, its numbered files
-    wal.py          the write-ahead log: record framing, damage detection, group commit
+    framing.py      record framing shared by logs and snapshots; damage detection
+    wal.py          the write-ahead log: appends, group commit, rotation
     snapshot.py     snapshot files: write (temporary file, fsync, rename) and load
     idempotency.py  ``Idempotency-Key``s within their window
 
@@ -13,7 +14,7 @@
 """
 
 from flowagg.store.durable.directory import DataDirInUse
+from flowagg.store.durable.framing import CorruptFile
 from flowagg.store.durable.store import DurableStore, open_durable_store
-from flowagg.store.durable.wal import CorruptFile
 
 __all__ = ["CorruptFile", "DataDirInUse", "DurableStore", "open_durable_store"]

@@ -25,19 +25,18 @@ from typing import NamedTuple
 import msgspec
 
 from flowagg.store.durable.directory import generations, remove_before
-from flowagg.store.durable.idempotency import IdempotencyKeys, KeyEntry
-from flowagg.store.durable.records import LoggedFlow, LogRecord, decode_record
-from flowagg.store.durable.snapshot import load_snapshot, snapshot_path
-from flowagg.store.durable.wal import (
+from flowagg.store.durable.framing import (
     FILE_HEADER_SIZE,
-    LOG_MAGIC,
     CorruptFile,
     TornTail,
     check_file_header,
     file_header,
-    log_path,
     read_records,
 )
+from flowagg.store.durable.idempotency import IdempotencyKeys, KeyEntry
+from flowagg.store.durable.records import LoggedFlow, LogRecord, decode_record
+from flowagg.store.durable.snapshot import load_snapshot, snapshot_path
+from flowagg.store.durable.wal import LOG_MAGIC, log_path
 from flowagg.store.memory import PartitionedStore
 from flowagg.store.table import Sums
 

@@ -4,7 +4,7 @@
     +------------------+---------------+----------------+
     | magic "FLOWAGGS" | version (u32) | reserved (u32) |   file header, 16 bytes
     +------------------+---------------+----------------+
-    | record | record | ... | end record |                 records framed as in the log (wal.py)
+    | record | record | ... | end record |                 records framed as in the log (framing.py)
 
     record payloads, msgpack arrays tagged by their first element:
       ["rows", hour, wide, [[src_app, dest_app, vpc_id, bytes_tx, bytes_rx], ...]]  <= 10,000 rows
@@ -29,8 +29,7 @@ from pathlib import Path
 
 import msgspec
 
-from flowagg.store.durable.idempotency import KeyEntry
-from flowagg.store.durable.wal import (
+from flowagg.store.durable.framing import (
     FILE_HEADER_SIZE,
     RECORD_HEADER_SIZE,
     CorruptFile,
@@ -38,9 +37,10 @@ from flowagg.store.durable.wal import (
     check_file_header,
     file_header,
     frame,
-    fsync_dir,
     read_records,
 )
+from flowagg.store.durable.idempotency import KeyEntry
+from flowagg.store.durable.wal import fsync_dir
 from flowagg.store.table import Row, Sums, Total
 
 SNAPSHOT_MAGIC = b"FLOWAGGS"

@@ -23,269 +23,38 @@ markdown table and every server's log go to ``loadtest/results/<timestamp>/``.
 ``--compare REV`` also runs the service as of git revision REV (server "before") in every round,
 so a change is measured against its predecessor in the same run; ``--profile`` samples the
 service with py-spy during round 1 of each scenario.
+
+This module holds the scenarios, the run and the command line; ``servers.py`` starts, stops and
+measures the servers, ``drivers.py`` sends the load and ``report.py`` makes the tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import http.client
 import json
 import os
-import re
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 from flowagg.config import DEFAULTS
+from loadtest import ROOT
+from loadtest.drivers import Load, LocustDriver, WrkDriver, batches
+from loadtest.report import Results, report
+from loadtest.servers import TARGETS, PeakRSS, Server, profiling, running
 
-ROOT = Path(__file__).resolve().parent.parent
-WRK_DIR = ROOT / "loadtest" / "wrk"
 RESULTS = ROOT / "loadtest" / "results"
-RESULT_PREFIX = "FLOWAGG-RESULT "
-START_TIMEOUT = 30.0  # seconds for a server to print its address
-STOP_TIMEOUT = 10.0  # seconds for a server to exit after SIGTERM before it is killed
-REQUEST_TIMEOUT = 120.0  # seconds for one request of the harness itself
-
-# waitress-serve arguments that pick the app of each server.
-TARGETS = {
-    "service": ["wsgi:app"],
-    "ceiling": ["--call", "loadtest.ceiling:create_app"],
-    "naive": ["--call", "loadtest.naive:create_app"],
-}
 SCENARIOS = ("post1", "post1000", "get10k", "mixed")
 STORING = ("post1", "post1000")  # the scenarios the ceiling runs: it stores nothing to GET
 
 GET_HOUR = 1_000_000  # the hour that get10k loads and reads
 MIXED_HOUR = 2_000_000  # mixed uses this hour plus the round number
 MEMORY_HOUR = 3_000_000
-
-
-def flow_json(k: int, hour: int, tx: int, rx: int) -> bytes:
-    """Key number k as one flow record, named as the Lua scripts name it (common.lua)."""
-    return (
-        f'{{"src_app":"src-{k % 1000}","dest_app":"dest-{k // 1000 % 1000}",'
-        f'"vpc_id":"vpc-{k // 1_000_000}","bytes_tx":{tx},"bytes_rx":{rx},"hour":{hour}}}'
-    ).encode()
-
-
-def batches(keys: int, hour: int, size: int) -> Iterator[bytes]:
-    """POST bodies holding keys 0..keys-1 once each in ``hour``, ``size`` flows per body."""
-    for start in range(0, keys, size):
-        stop = min(keys, start + size)
-        yield (
-            b"[" + b",".join(flow_json(k, hour, 1 + k % 1000, 2) for k in range(start, stop)) + b"]"
-        )
-
-
-# -- servers -----------------------------------------------------------------------------------
-
-
-class Server:
-    """One waitress-serve process on 127.0.0.1 with a free port; stopped by ``stop()``."""
-
-    def __init__(self, name: str, threads: int, log_path: Path, cwd: Path = ROOT) -> None:
-        self.name = name
-        self.threads = threads
-        self.log_path = log_path
-        self.cwd = cwd  # the tree whose flowagg and wsgi.py are served (see --compare)
-        self.proc: subprocess.Popen | None = None
-        self.port = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        waitress = Path(sys.executable).with_name("waitress-serve")
-        cmd = [str(waitress), "--host=127.0.0.1", "--port=0", f"--threads={self.threads}"]
-        # The log is a file, not a pipe: waitress warns about queued tasks under load, and a
-        # pipe nobody reads would block the server once full.
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
-            target = TARGETS.get(self.name, TARGETS["service"])
-            self.proc = subprocess.Popen(
-                cmd + target, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            output = self.log_path.read_bytes()[offset:]  # this start's lines only
-            match = re.search(rb"Serving on http://127\.0\.0\.1:(\d+)", output)
-            if match:
-                self.port = int(match.group(1))
-                return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{self.name} did not start; see {self.log_path}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(STOP_TIMEOUT)
-
-    def rss(self) -> int:
-        """Resident set size in bytes (Linux)."""
-        assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS in /proc status")
-
-    def cpu_seconds(self) -> float:
-        """User plus system CPU time the server has used (Linux)."""
-        assert self.proc is not None
-        with open(f"/proc/{self.proc.pid}/stat") as stat:
-            fields = stat.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT)
-        try:
-            headers = {"Content-Type": "application/json"} if body is not None else {}
-            conn.request(method, path, body=body, headers=headers)
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
-
-    def post_all(self, bodies: Iterator[bytes]) -> None:
-        """POST every body on one keep-alive connection, each after the previous answer."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=REQUEST_TIMEOUT)
-        try:
-            for body in bodies:
-                conn.request("POST", "/flows", body=body)
-                response = conn.getresponse()
-                answer = response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"{self.name}: POST answered {response.status}: {answer!r}")
-        finally:
-            conn.close()
-
-
-@contextmanager
-def running(name: str, threads: int, log_path: Path, cwd: Path = ROOT) -> Iterator[Server]:
-    server = Server(name, threads, log_path, cwd)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-class PeakRSS:
-    """Samples a server's RSS in the background while a load runs; keeps the highest. Also
-    takes the CPU time the server used meanwhile, in cores (1.0: one core busy throughout)."""
-
-    def __init__(self, server: Server, interval: float = 0.2) -> None:
-        self.server, self.interval, self.peak = server, interval, 0
-        self.cores = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-rss", daemon=True)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.peak = max(self.peak, self.server.rss())
-            except (OSError, RuntimeError):  # the server has gone; the scenario will say so
-                return
-            if self._stop.wait(self.interval):
-                return
-
-    def __enter__(self) -> PeakRSS:
-        self._started = (time.monotonic(), self.server.cpu_seconds())
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        with suppress(OSError):  # the server has gone; the scenario will say so
-            wall, cpu = time.monotonic(), self.server.cpu_seconds()
-            self.cores = (cpu - self._started[1]) / (wall - self._started[0])
-
-
-# -- load drivers ------------------------------------------------------------------------------
-
-
-@dataclass
-class Load:
-    """What one scenario run sends: a script (wrk) or user class (locust) and its options."""
-
-    scenario: str
-    params: dict[str, int | str]
-    flows_per_request: int = 0  # 0: flows are counted by the script (mixed)
-    one_connection_per_thread: bool = False
-
-
-class WrkDriver:
-    name = "wrk"
-    SCRIPTS = {
-        "post1": "post.lua",
-        "post1000": "post.lua",
-        "get10k": "get.lua",
-        "mixed": "mixed.lua",
-    }
-
-    def __init__(self, connections: int, wrk_threads: int) -> None:
-        self.connections, self.wrk_threads = connections, wrk_threads
-
-    def run(self, url: str, load: Load, duration: int) -> dict:
-        threads = self.connections if load.one_connection_per_thread else self.wrk_threads
-        script = WRK_DIR / self.SCRIPTS[load.scenario]
-        cmd = ["wrk", f"-t{threads}", f"-c{self.connections}", f"-d{duration}s", "--timeout=10s"]
-        cmd += ["-s", str(script), url, "--", *(f"{k}={v}" for k, v in load.params.items())]
-        env = {**os.environ, "LUA_PATH": f"{WRK_DIR}/?.lua;;"}
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=env, timeout=duration + 60, check=False
-        )
-        for line in proc.stdout.splitlines():
-            if line.startswith(RESULT_PREFIX):
-                raw = json.loads(line[len(RESULT_PREFIX) :])
-                raw["errors"] = sum(raw["errors"].values())
-                return raw
-        raise RuntimeError(f"wrk printed no result (exit {proc.returncode}):\n{proc.stderr}")
-
-
-class LocustDriver:
-    """The fallback where wrk is missing: locust's FastHttpUser, one user per connection."""
-
-    name = "locust"
-    CLASSES = {"post1": "PostFlows", "post1000": "PostFlows", "get10k": "GetHour", "mixed": "Mixed"}
-
-    def __init__(self, connections: int, out_dir: Path) -> None:
-        self.connections, self.out_dir = connections, out_dir
-
-    def run(self, url: str, load: Load, duration: int) -> dict:
-        result_path = self.out_dir / "locust-result.json"
-        result_path.unlink(missing_ok=True)
-        locust = Path(sys.executable).with_name("locust")
-        users = str(self.connections)
-        cmd = [str(locust), "-f", str(ROOT / "loadtest" / "bench_locust.py"), "--headless"]
-        cmd += ["-u", users, "-r", users, "-t", f"{duration}s", "--host", url, "--only-summary"]
-        cmd += ["--loglevel", "WARNING", self.CLASSES[load.scenario]]
-        env = {**os.environ, "FLOWAGG_BENCH_RESULT": str(result_path), "PYTHONPATH": str(ROOT)}
-        env.update({f"FLOWAGG_BENCH_{k.upper()}": str(v) for k, v in load.params.items()})
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, env=env, timeout=duration + 90, check=False
-        )
-        if not result_path.exists():
-            raise RuntimeError(f"locust wrote no result (exit {proc.returncode}):\n{proc.stderr}")
-        return json.loads(result_path.read_text())
 
 
 # -- scenarios ---------------------------------------------------------------------------------
@@ -353,51 +122,6 @@ def run_scenario(server: Server, driver, scenario: str, round_no: int, opts) -> 
     return summarise(raw, load, peak.peak, peak.cores)
 
 
-@contextmanager
-def profiling(server: Server, opts, scenario: str) -> Iterator[None]:
-    """Sample the server with py-spy while the load runs: only the thread holding the GIL, so
-    the shares are of the one core that Python code gets. Writes profile-<scenario>.txt."""
-    raw = opts.out_dir / f"profile-{scenario}.raw"
-    cmd = [opts.py_spy, "record", "--pid", str(server.proc.pid), "--gil", "--rate", "200"]
-    cmd += ["--duration", str(max(1, opts.duration - 1)), "--format", "raw", "--output", str(raw)]
-    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        yield
-    finally:
-        try:
-            spy.wait(opts.duration + 30)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait()
-    if raw.exists():
-        summary = profile_summary(raw.read_text())
-        (opts.out_dir / f"profile-{scenario}.txt").write_text(summary)
-
-
-def profile_summary(raw: str, top: int = 15) -> str:
-    """py-spy's raw stacks ("frame;frame;... count") as the functions with the most samples:
-    on top of the stack (self) and anywhere in it (total)."""
-    own: dict[str, int] = {}
-    total: dict[str, int] = {}
-    samples = 0
-    for line in raw.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            continue
-        n = int(count)
-        samples += n
-        frames = [re.sub(r" \((?:.*/)?([^/:]+)(?::\d+)?\)$", r" (\1)", f) for f in stack.split(";")]
-        frames = [f for f in frames if not f.startswith(("thread ", "process "))]
-        if frames:
-            own[frames[-1]] = own.get(frames[-1], 0) + n
-        for frame in set(frames):
-            total[frame] = total.get(frame, 0) + n
-    lines = [f"{samples} samples of the thread holding the GIL", "", "self  total  function"]
-    for frame, n in sorted(own.items(), key=lambda item: -item[1])[:top]:
-        lines.append(f"{100 * n / samples:4.1f}% {100 * total[frame] / samples:5.1f}%  {frame}")
-    return "\n".join(lines) + "\n"
-
-
 def barrier_hour(hour: int) -> int:
     """An empty hour in the same partition as ``hour``: reading it waits for that partition."""
     partitions = int(os.environ.get("FLOWAGG_PARTITIONS", DEFAULTS["FLOWAGG_PARTITIONS"]))
@@ -434,29 +158,6 @@ def run_memory(server: Server, bodies: list[bytes], keys: int, reposts: int) -> 
 
 
 # -- the run -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Results:
-    options: dict
-    runs: list[dict] = field(default_factory=list)  # one per (round, server, scenario)
-    memory: list[dict] = field(default_factory=list)  # one per (round, server)
-    digests: dict[str, str] = field(default_factory=dict)
-
-    def values(self, server: str, scenario: str, key: str) -> list[float]:
-        return [
-            r[key]
-            for r in self.runs
-            if r["server"] == server and r["scenario"] == scenario and r.get(key) is not None
-        ]
-
-    def ratios(self, scenario: str, key: str, num: str, den: str) -> list[float]:
-        """Per round: num/den of the same scenario, both measured in that round."""
-        by_round: dict[int, dict[str, float]] = {}
-        for r in self.runs:
-            if r["scenario"] == scenario and r["server"] in (num, den):
-                by_round.setdefault(r["round"], {})[r["server"]] = r[key]
-        return [v[num] / v[den] for v in by_round.values() if num in v and den in v and v[den]]
 
 
 def bench(opts, log: Callable[[str], None]) -> Results:
@@ -510,143 +211,6 @@ def checkout(rev: str, into: Path) -> Path:
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into
-
-
-# -- the report --------------------------------------------------------------------------------
-
-
-def spread(values: list[float], fmt: str = ",.0f") -> str:
-    if not values:
-        return "n/a"
-    mid = format(statistics.median(values), fmt)
-    if len(values) == 1:
-        return mid
-    return f"{mid} ({format(min(values), fmt)}–{format(max(values), fmt)})"
-
-
-SCENARIO_TITLES = {
-    "post1": "POST 1 flow",
-    "post1000": "POST 1,000 flows",
-    "get10k": "GET 10,000-key hour",
-    "mixed": "mixed 95/5, RYW checked",
-}
-
-
-def report(results: Results, opts) -> str:
-    lines = [
-        f"{opts.rounds} rounds x {opts.duration} s per scenario, driver {opts.driver},"
-        f" {opts.connections} connections, waitress --threads={opts.threads};"
-        " each figure: median (min–max) over rounds.",
-        "",
-        "| scenario | server | req/s | flows/s | p50 ms | p99 ms | errors | peak RSS MiB"
-        " | server CPU, cores |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for scenario in opts.scenarios:
-        for server in opts.servers:
-            if not results.values(server, scenario, "req_s"):
-                continue
-
-            def v(key: str, server: str = server, scenario: str = scenario) -> list[float]:
-                return results.values(server, scenario, key)
-
-            flows = spread(v("flows_s")) if scenario != "get10k" else "–"
-            lines.append(
-                f"| {SCENARIO_TITLES[scenario]} | {server} | {spread(v('req_s'))}"
-                f" | {flows} | {spread(v('p50_ms'), '.1f')}"
-                f" | {spread(v('p99_ms'), '.1f')} | {sum(v('errors')):.0f}"
-                f" | {spread([x / 2**20 for x in v('rss')])} | {spread(v('cores'), '.2f')} |"
-            )
-    lines += ["", "| target | measured | goal | met |", "| --- | ---: | ---: | --- |"]
-    for title, figure, goal, met in targets(results, opts):
-        lines.append(f"| {title} | {figure} | {goal} | {met} |")
-    if results.memory:
-        lines += [
-            "",
-            "| memory | idle RSS MiB | RSS after 1 post MiB | bytes per key-hour"
-            " | RSS after re-posts MiB | growth MiB |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
-        ]
-        for server in opts.memory:
-            rows = [m for m in results.memory if m["server"] == server]
-
-            def mib(key: str, rows: list[dict] = rows) -> str:
-                return spread([m[key] / 2**20 for m in rows], ".1f")
-
-            per_key = spread([m["bytes_per_key_hour"] for m in rows])
-            lines.append(
-                f"| {server}, {opts.memory_keys:,} keys, then {opts.memory_reposts} re-posts"
-                f" | {mib('idle')} | {mib('loaded')} | {per_key} | {mib('reposted')}"
-                f" | {mib('growth')} |"
-            )
-    if len(set(results.digests.values())) > 1:
-        lines += ["", f"WARNING: GET answers differ between servers: {results.digests}"]
-    return "\n".join(lines)
-
-
-def targets(results: Results, opts) -> list[tuple[str, str, str, str]]:
-    rows = []
-
-    def ratio(title: str, scenario: str, key: str, den: str, goal: float) -> None:
-        values = results.ratios(scenario, key, "service", den)
-        if values:
-            met = "yes" if statistics.median(values) >= goal else "**no**"
-            rows.append((title, spread(values, ".2f") + "x", f">= {goal}x", met))
-
-    ratio("POST 1 flow, req/s service/ceiling", "post1", "req_s", "ceiling", 0.9)
-    ratio("POST 1,000 flows, flows/s service/ceiling", "post1000", "flows_s", "ceiling", 0.8)
-    ratio("POST 1,000 flows, flows/s service/naive", "post1000", "flows_s", "naive", 1.5)
-    ratio("GET 10,000-key hour, req/s service/naive", "get10k", "req_s", "naive", 1.5)
-    if opts.compare:
-        for scenario, key in (
-            ("post1", "req_s"),
-            ("post1000", "flows_s"),
-            ("get10k", "req_s"),
-            ("mixed", "req_s"),
-        ):
-            values = results.ratios(scenario, key, "service", "before")
-            if values:
-                title = f"{SCENARIO_TITLES[scenario]}, {key[:-2]}/s service/before"
-                rows.append((title, spread(values, ".2f") + "x", "(this change)", ""))
-    violations = results.values("service", "mixed", "violations")
-    if violations:
-        gets = sum(results.values("service", "mixed", "gets"))
-        total = int(sum(violations))
-        rows.append(
-            (
-                "mixed: read-your-writes violations",
-                f"{total} in {gets:,.0f} checked GETs",
-                "0",
-                "yes" if total == 0 else "**no**",
-            )
-        )
-    get_p99 = results.values("service", "mixed", "get_p99_ms")
-    if get_p99:
-        met = "yes" if max(get_p99) < 50 else "**no**"
-        rows.append(("mixed: GET p99 while POSTs run, ms", spread(get_p99, ".1f"), "< 50", met))
-    memory = [m for m in results.memory if m["server"] == "service"]
-    if memory:
-        worst = max(m["bytes_per_key_hour"] for m in memory)
-        per_key = spread([m["bytes_per_key_hour"] for m in memory])
-        rows.append(
-            (
-                "memory per distinct key-hour, bytes",
-                per_key,
-                "<= 200",
-                "yes" if worst <= 200 else "**no**",
-            )
-        )
-        # Flat: re-posting the same keys grows RSS by under 5 % of what loading them took.
-        growth = max(m["growth"] / (m["loaded"] - m["idle"]) for m in memory)
-        rows.append(
-            (
-                f"RSS growth after {opts.memory_reposts} re-posts of the same keys",
-                f"{growth:+.1%} of the load's RSS",
-                "flat (< 5%)",
-                "yes" if growth < 0.05 else "**no**",
-            )
-        )
-    return rows
 
 
 # -- command line ------------------------------------------------------------------------------

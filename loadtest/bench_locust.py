@@ -19,7 +19,7 @@ import time
 
 from locust import FastHttpUser, constant, events, task
 
-from loadtest.bench import flow_json
+from loadtest.drivers import flow_json
 
 JSON = {"Content-Type": "application/json"}
 _user_ids = itertools.count()

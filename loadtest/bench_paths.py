@@ -3,7 +3,7 @@
     .venv/bin/python -m loadtest.bench_paths
 
 No HTTP and no threads: each stage of the service's write and read paths runs alone on the
-same data as the HTTP benchmark (keys and bodies from ``loadtest.bench``), best of several
+same data as the HTTP benchmark (keys and bodies from ``loadtest.drivers``), best of several
 repeats, next to what the ceiling and the naive peer do instead. Under the GIL all of it runs on
 one core, so these sums bound the ratios that ``make bench`` can show whatever the threads do.
 """
@@ -19,7 +19,7 @@ from flowagg.store.memory import PartitionedStore
 from flowagg.store.partition import Partition
 from flowagg.store.table import HourTable
 from loadtest import naive
-from loadtest.bench import batches, flow_json
+from loadtest.drivers import batches, flow_json
 
 
 def best_of(fn: Callable[[], object], repeats: int, number: int) -> float:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.bench import running
+from loadtest.servers import running
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

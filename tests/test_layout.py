@@ -6,13 +6,16 @@ is a module or a name in one.
 """
 
 import ast
+import importlib.machinery
+import re
 from pathlib import Path
 
-from flowagg.store import base, table
+from flowagg.store import table
 
 PACKAGE = Path(__file__).resolve().parent.parent / "flowagg"
 MAX_LINES = 400
-LEAVES = ("flowagg.store.ringbuffer", "flowagg.store.rwlock", "flowagg.store.table")
+LEAVES = ("flowagg.store.ringbuffer", "flowagg.store.rwlock")  # and the native table, below
+NATIVE = PACKAGE / "store" / "native"
 # What python -m flowagg may name to word a refused start; nothing else of a concrete store.
 MAIN_MAY_IMPORT = {"flowagg.store.durable.CorruptFile", "flowagg.store.durable.DataDirInUse"}
 
@@ -112,5 +115,14 @@ def test_no_module_is_longer_than_400_lines():
     assert {name: n for name, n in lengths.items() if n > MAX_LINES} == {}
 
 
-def test_the_table_rows_are_the_interface_rows():
-    assert table.Row == base.Row
+def test_the_table_is_native_with_no_python_copy():
+    assert table.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+    assert "flowagg.store.table" not in MODULES
+
+
+def test_the_native_sources_include_nothing_of_the_project_but_their_header():
+    sources = sorted(NATIVE.glob("*.[ch]"))
+    assert sources
+    for path in sources:
+        included = re.findall(r'^#include\s+"([^"]+)"', path.read_text(), re.M)
+        assert set(included) <= {"table.h"}, (path.name, included)

@@ -1,157 +1,388 @@
-"""HourTable: the counters of one hour, whatever their memory layout; and the paths filling it."""
+"""The native hour tables (flowagg/store/table.c) against a model a reader can check by eye.
 
-import random
-import tracemalloc
+The model is the obvious dict of dicts with Python ints; hypothesis feeds both the same random
+batches (names with unicode, NUL, quotes, backslashes and control characters, counters that sum
+far beyond 2**64, many hours, many resizes) and every answer must be the same: rows, their order,
+the JSON bytes of GET /flows (against msgspec's encoding of the same rows), hours and key counts.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
 
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from flowagg.schema import Flow
-from flowagg.store.memory import PartitionedStore
-from flowagg.store.partition import Partition
-from flowagg.store.table import HourTable
+from flowagg.schema import Flow, encode
+from flowagg.store.table import HourTables, first_outside, hour_bounds, split
 
 INT64_MAX = 2**63 - 1
 
 
-def C(tx: int, rx: int) -> Flow:
-    """A batch's sum for one key, as the drainer hands it to merge: a record (hour unused)."""
-    return Flow("-", "-", "-", tx, rx, 0)
+class Model:
+    """hour -> {(src, dest, vpc): [tx, rx]}, dicts keeping first appearance; Python ints."""
+
+    def __init__(self) -> None:
+        self.hours: dict[int, dict[tuple[str, str, str], list[int]]] = {}
+
+    def merge(self, flows, cutoff: int = 0) -> tuple[int, int]:
+        applied = new = 0
+        for f in flows:
+            if f.hour < cutoff:
+                continue
+            applied += 1
+            rows = self.hours.setdefault(f.hour, {})
+            key = (f.src_app, f.dest_app, f.vpc_id)
+            if key not in rows:
+                rows[key] = [0, 0]
+                new += 1
+            rows[key][0] += f.bytes_tx
+            rows[key][1] += f.bytes_rx
+        return applied, new
+
+    def rows(self, hour: int) -> list[tuple]:
+        return [(*key, tx, rx) for key, (tx, rx) in self.hours.get(hour, {}).items()]
+
+    def drop_before(self, cutoff: int) -> tuple[int, int]:
+        old = [h for h in self.hours if h < cutoff]
+        keys = sum(len(self.hours[h]) for h in old)
+        for h in old:
+            del self.hours[h]
+        return len(old), keys
+
+    @property
+    def keys(self) -> int:
+        return sum(len(rows) for rows in self.hours.values())
 
 
-def table_of(*batches: dict) -> HourTable:
-    table = HourTable()
-    for sums in batches:
-        table.merge({key: C(*counters) for key, counters in sums.items()})
-    return table
+def same(tables: HourTables, model: Model) -> None:
+    assert tables.hours() == sorted(model.hours)
+    assert len(tables) == len(model.hours)
+    assert tables.keys == model.keys
+    assert tables.newest == max(model.hours, default=-1)
+    for hour in model.hours:
+        rows = model.rows(hour)
+        assert tables.rows(hour) == rows
+        assert tables.key_count(hour) == len(rows)
+        assert tables.encode(hour) == encode([Flow(*row, hour) for row in rows])
 
 
-def test_an_empty_table_has_no_rows():
-    table = HourTable()
-    assert len(table) == 0
-    assert table.rows() == []
+# Names that stress hashing, comparison and JSON escaping: short and long, ASCII and not,
+# and the characters a separator or an escape would use.
+NAMES = st.one_of(
+    st.sampled_from(["a", "b", "ab", "a:b", "b:c", 'q"', "back\\slash", "nul\x00", "tab\t", "é"]),
+    st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=40),
+)
+COUNTS = st.one_of(st.integers(0, 10), st.integers(0, INT64_MAX), st.just(INT64_MAX))
+HOURS = st.integers(0, 6)
 
 
-def test_rows_come_in_order_of_first_appearance_with_sums():
-    table = table_of(
-        {("x", "b", "v"): (1, 2), ("y", "b", "v"): (3, 4)},
-        {("z", "b", "v"): (5, 6), ("x", "b", "v"): (10, 20)},
-    )
-    assert len(table) == 3
-    assert table.rows() == [("x", "b", "v", 11, 22), ("y", "b", "v", 3, 4), ("z", "b", "v", 5, 6)]
+@st.composite
+def flows(draw, max_size: int = 60):
+    names = draw(st.lists(NAMES, min_size=1, max_size=8, unique=True))
+    pick = st.sampled_from(names)
+    return [
+        Flow(draw(pick), draw(pick), draw(pick), draw(COUNTS), draw(COUNTS), draw(HOURS))
+        for _ in range(draw(st.integers(0, max_size)))
+    ]
 
 
-def test_keys_are_tuples_not_joined_strings():
-    table = table_of({("a", "b:c", "v"): (1, 1), ("a:b", "c", "v"): (2, 2)})
-    assert table.rows() == [("a", "b:c", "v", 1, 1), ("a:b", "c", "v", 2, 2)]
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=st.lists(st.tuples(flows(), st.integers(0, 3)), max_size=8))
+def test_tables_agree_with_the_model_on_random_batches(batches):
+    tables, model = HourTables(), Model()
+    for batch, cutoff in batches:
+        assert tables.merge(batch, cutoff) == model.merge(batch, cutoff)
+        same(tables, model)
+
+
+@settings(max_examples=50, deadline=None)
+@given(batches=st.lists(flows(), min_size=1, max_size=5), cutoff=st.integers(0, 8))
+def test_dropping_hours_agrees_with_the_model(batches, cutoff):
+    tables, model = HourTables(), Model()
+    for batch in batches:
+        tables.merge(batch)
+        model.merge(batch)
+    assert tables.drop_before(cutoff) == model.drop_before(cutoff)
+    same(tables, model)
+    tables.merge(batches[0])  # hours come back if merged again: the caller keeps the cutoff
+    model.merge(batches[0])
+    same(tables, model)
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=st.text(alphabet=st.characters(blacklist_categories=("Cs",))))
+def test_json_of_any_name_is_what_msgspec_writes(text):
+    name = text or "x"
+    tables = HourTables()
+    tables.merge([Flow(name, name + "\x1f", "\\" + name, 1, 2, 3)])
+    assert tables.encode(3) == encode([Flow(name, name + "\x1f", "\\" + name, 1, 2, 3)])
+    assert msgspec.json.decode(tables.encode(3))[0]["src_app"] == name
+
+
+def test_every_ascii_character_is_escaped_as_msgspec_escapes_it():
+    names = [chr(c) for c in range(128)]
+    tables = HourTables()
+    tables.merge([Flow(n, "d", "v", 1, 1, 0) for n in names])
+    assert tables.encode(0) == encode([Flow(n, "d", "v", 1, 1, 0) for n in names])
+
+
+def test_rows_come_in_order_of_first_appearance_across_merges():
+    tables = HourTables()
+    tables.merge([Flow("x", "b", "v", 1, 2, 1), Flow("y", "b", "v", 3, 4, 1)])
+    tables.merge([Flow("z", "b", "v", 5, 6, 1), Flow("x", "b", "v", 10, 20, 1)])
+    assert tables.rows(1) == [("x", "b", "v", 11, 22), ("y", "b", "v", 3, 4), ("z", "b", "v", 5, 6)]
+
+
+def test_keys_are_three_names_never_joined():
+    tables = HourTables()
+    tables.merge([Flow("a", "b:c", "v", 1, 1, 1), Flow("a:b", "c", "v", 2, 2, 1)])
+    tables.merge([Flow("a\x00b", "c", "v", 3, 3, 1), Flow("a", "b\x00c", "v", 4, 4, 1)])
+    assert [row[:3] for row in tables.rows(1)] == [
+        ("a", "b:c", "v"),
+        ("a:b", "c", "v"),
+        ("a\x00b", "c", "v"),
+        ("a", "b\x00c", "v"),
+    ]
 
 
 @pytest.mark.parametrize(
-    "batches, expected",
+    "counts, expected",
     [
         ([(INT64_MAX, 0), (1, 0)], (INT64_MAX + 1, 0)),
-        ([(0, INT64_MAX), (0, INT64_MAX), (0, INT64_MAX)], (0, 3 * INT64_MAX)),
-        ([(2**64, 2**70)], (2**64, 2**70)),  # a batch's own sum beyond int64, for a new key
+        ([(INT64_MAX, INT64_MAX)] * 3, (3 * INT64_MAX, 3 * INT64_MAX)),
         ([(INT64_MAX, 1)] * 5 + [(1, 1)], (5 * INT64_MAX + 1, 6)),
+        ([(INT64_MAX, 0)] * 1000, (1000 * INT64_MAX, 0)),
     ],
-    ids=["tx-just-over", "rx-three-times-max", "new-key-beyond-int64", "many-overflows"],
+    ids=["just-over-int64", "over-uint64", "many-carries", "a-thousand-maxima"],
 )
-def test_sums_are_exact_beyond_64_bits(batches, expected):
-    key = ("a", "b", "v")
-    table = table_of({("other", "b", "v"): (1, 1)}, *({key: counters} for counters in batches))
-    assert table.rows() == [("other", "b", "v", 1, 1), (*key, *expected)]
+def test_sums_are_exact_beyond_64_bits(counts, expected):
+    tables = HourTables()
+    tables.merge([Flow("other", "b", "v", 1, 1, 7)])
+    for tx, rx in counts:
+        tables.merge([Flow("a", "b", "v", tx, rx, 7)])
+    assert tables.rows(7) == [("other", "b", "v", 1, 1), ("a", "b", "v", *expected)]
+    assert tables.encode(7) == encode([Flow(*row, 7) for row in tables.rows(7)])
 
 
-def test_rows_are_a_copy():
-    table = table_of({("a", "b", "v"): (1, 2)})
-    rows = table.rows()
-    rows.append(("junk", "b", "v", 0, 0))
-    rows[0] = ("changed", "b", "v", 0, 0)
-    assert table.rows() == [("a", "b", "v", 1, 2)]
+def test_one_batch_can_carry_a_key_past_2_to_the_64():
+    tables = HourTables()
+    tables.merge([Flow("a", "b", "v", INT64_MAX, 1, 1)] * 5)
+    assert tables.rows(1) == [("a", "b", "v", 5 * INT64_MAX, 5)]
 
 
-def test_equal_names_are_stored_once_per_table():
-    # Built at run time, so that they are different objects with equal values.
-    first = ("".join(["sr", "c"]), "".join(["de", "st"]), "".join(["vp", "c"]))
-    second = ("".join(["s", "rc"]), "".join(["oth", "er"]), "".join(["v", "pc"]))
-    assert first[0] is not second[0] and first[2] is not second[2]
-    table = table_of({first: (1, 1), second: (1, 1)})
-    row_a, row_b = table.rows()
-    assert row_a[0] is row_b[0] and row_a[2] is row_b[2]
-    assert row_a[1] == "dest" and row_b[1] == "other"
+def test_rows_from_a_snapshot_keep_sums_of_any_size_below_2_to_the_128():
+    tables = HourTables()
+    assert tables.merge_rows(4, [("a", "b", "v", 2**100, 5), ("c", "d", "v", 1, 2**64)]) == 2
+    tables.merge([Flow("a", "b", "v", 1, 1, 4)])
+    assert tables.rows(4) == [("a", "b", "v", 2**100 + 1, 6), ("c", "d", "v", 1, 2**64)]
+    with pytest.raises(OverflowError):
+        tables.merge_rows(4, [("e", "f", "v", 2**128, 0)])
+    with pytest.raises(TypeError):
+        tables.merge_rows(4, [("e", "f", "v", 1)])
 
 
-def test_adding_to_existing_keys_allocates_nothing_that_stays():
-    keys = [(f"src-{i}", f"dest-{i % 7}", "vpc") for i in range(2000)]
-    table = table_of({key: (1000, 1000) for key in keys})
-    again = [{key: C(i, 5000 + i) for i, key in enumerate(keys)} for _ in range(3)]
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for sums in again:
-            table.merge(sums)
-        grown = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
-    assert grown < 1024  # no bytes per key or per flow, whatever the sums
-    assert len(table) == len(keys)
-    assert table.rows()[3] == ("src-3", "dest-3", "vpc", 1009, 1000 + 3 * 5003)
+def test_a_counter_that_would_pass_2_to_the_128_is_refused_and_nothing_changes():
+    tables = HourTables()
+    tables.merge_rows(1, [("a", "b", "v", 2**128 - 2, 0)])
+    before = tables.rows(1)
+    with pytest.raises(OverflowError):
+        tables.merge([Flow("x", "y", "v", 0, 0, 1), Flow("a", "b", "v", 5, 0, 1)])
+    assert tables.rows(1) == before
+    assert tables.keys == 1
 
 
-# -- the paths that fill a table: a partition summing batches, the store splitting them -------
-
-
-def reference_rows(flows: list[Flow], hour: int) -> list[tuple]:
-    """Rows of ``hour`` summed the obvious way, in order of first appearance."""
-    sums: dict[tuple, list[int]] = {}
-    for f in flows:
-        if f.hour == hour:
-            counters = sums.setdefault((f.src_app, f.dest_app, f.vpc_id), [0, 0])
-            counters[0] += f.bytes_tx
-            counters[1] += f.bytes_rx
-    return [(*key, tx, rx) for key, (tx, rx) in sums.items()]
+BAD = [
+    (Flow("a", "b", "v", 1, 1, 1), "not a flow", AttributeError),
+    (Flow("a", "b", "v", 1, 1, 1), Flow(None, "b", "v", 1, 1, 1), TypeError),  # type: ignore[arg-type]
+    (Flow("a", "b", "v", 1, 1, 1), Flow("a", "b", "v", -1, 1, 1), ValueError),
+    (Flow("a", "b", "v", 1, 1, 1), Flow("a", "b", "v", 1.5, 1, 1), TypeError),  # type: ignore[arg-type]
+    (Flow("a", "b", "v", 1, 1, 1), Flow("a", "b", "v", 2**64, 1, 1), OverflowError),
+    (Flow("a", "b", "v", 1, 1, 1), Flow("\ud800", "b", "v", 1, 1, 1), UnicodeEncodeError),
+]
 
 
 @pytest.mark.parametrize(
-    "hours, keys",
-    [((5,), 1000), ((5,), 3), ((5, 13), 1000), ((5, 13, 21), 4)],
-    ids=["one-hour-distinct-keys", "one-hour-repeated-keys", "two-hours", "three-hours-repeated"],
+    "good, bad, error",
+    BAD,
+    ids=["no-fields", "name-none", "negative", "float", "2**64", "surrogate"],
 )
-def test_a_drained_batch_sums_like_the_obvious_loop(hours, keys):
-    rng = random.Random(7)
-    batches = [
-        [
-            Flow(f"s{rng.randrange(keys)}", "d", "v", rng.randrange(2**62), rng.randrange(9), h)
-            for h in rng.choices(hours, k=rng.randint(1, 300))
+def test_a_bad_record_anywhere_leaves_the_tables_unchanged(good, bad, error):
+    tables = HourTables()
+    tables.merge([Flow("kept", "b", "v", 1, 1, 1)])
+    batch = [good] * 700 + [bad] + [good] * 10  # large enough to take the path without the GIL
+    with pytest.raises(error):
+        tables.merge(batch)
+    assert tables.hours() == [1]
+    assert tables.rows(1) == [("kept", "b", "v", 1, 1)]
+    assert tables.keys == 1
+
+
+def test_flows_of_hours_below_the_cutoff_are_skipped():
+    tables = HourTables()
+    assert tables.merge([Flow("a", "b", "v", 1, 1, h) for h in (1, 5, 2, 9)], cutoff=5) == (2, 2)
+    assert tables.hours() == [5, 9]
+
+
+def test_growth_through_many_resizes_keeps_every_key():
+    tables, model = HourTables(), Model()
+    for start in range(0, 60_000, 7_000):  # batches of mixed sizes, old and new keys, 3 hours
+        batch = [
+            Flow(f"s{k % 997}", f"d{k // 997}", f"v{k % 3}", k, 1, k % 3)
+            for k in range(start // 2, start + 7_000)
         ]
-        for _ in range(5)
-    ]
-    as_posted = [[msgspec.structs.astuple(f) for f in batch] for batch in batches]
-    p = Partition(0, buffer_capacity=1024)
-    for batch in batches:
-        p.enqueue(batch)
-        p.drain_once()
-    everything = [f for batch in batches for f in batch]
-    for hour in hours:
-        assert p.read(hour, timeout=0) == reference_rows(everything, hour)
-    # Summing never writes into the posted records: a retried batch must sum the same again.
-    assert [[msgspec.structs.astuple(f) for f in batch] for batch in batches] == as_posted
+        assert tables.merge(batch) == model.merge(batch)
+    same(tables, model)
+
+
+def test_other_record_types_are_read_by_their_attributes():
+    class Slotted:
+        __slots__ = ("src_app", "dest_app", "vpc_id", "bytes_tx", "bytes_rx", "hour")
+
+        def __init__(self, *values):
+            for name, value in zip(self.__slots__, values, strict=True):
+                setattr(self, name, value)
+
+    class Plain:
+        def __init__(self, *values):
+            self.__dict__.update(zip(Slotted.__slots__, values, strict=True))
+
+    class Logged(msgspec.Struct, array_like=True):
+        src_app: str
+        dest_app: str
+        vpc_id: str
+        bytes_tx: int
+        bytes_rx: int
+        hour: int
+
+    tables = HourTables()
+    tables.merge([Slotted("a", "b", "v", 1, 2, 1), Plain("a", "b", "v", 3, 4, 1)])
+    tables.merge([Logged("a", "b", "v", 5, 6, 1), Flow("a", "b", "v", 7, 8, 1)])
+    assert tables.rows(1) == [("a", "b", "v", 16, 20)]
+
+
+def test_merging_holds_no_reference_after_it_returns():
+    name = "".join(["ref", "count"])  # a fresh object
+    before = sys.getrefcount(name)
+    tables = HourTables()
+    tables.merge([Flow(name, name, name, 1, 1, 1)] * 600)
+    tables.merge([Flow(name, "b", "v", 1, 1, 1)])
+    gc.collect()
+    assert sys.getrefcount(name) == before
+
+
+def test_re_merging_the_same_keys_allocates_nothing():
+    tables = HourTables()
+    batch = [Flow(f"s{k}", f"d{k % 10}", "v", 1, 1, 2) for k in range(5_000)]
+    tables.merge(batch)
+    held = tables.nbytes
+    for _ in range(5):
+        tables.merge(batch)
+    assert tables.nbytes == held
+
+
+def test_memory_per_key_hour_is_under_100_bytes_when_names_repeat():
+    tables = HourTables()
+    for start in range(0, 200_000, 1_000):
+        tables.merge(
+            [
+                Flow(f"s{k % 1000}", f"d{k // 1000}", "v", 1, 1, 3)
+                for k in range(start, start + 1_000)
+            ]
+        )
+    assert tables.keys == 200_000
+    assert tables.nbytes / tables.keys <= 100
+
+
+def test_an_hour_without_data_reads_empty_and_out_of_range_hours_too():
+    tables = HourTables()
+    tables.merge([Flow("a", "b", "v", 1, 1, 1)])
+    for hour in (0, 2, -1, 2**64, 2**200):
+        assert tables.rows(hour) == []
+        assert tables.encode(hour) == b"[]"
+        assert tables.key_count(hour) == 0
+    with pytest.raises(TypeError):
+        tables.rows("1")
+
+
+def test_readers_in_other_threads_see_whole_merges():
+    """Encoding a large hour gives up the GIL; a merge in another thread waits for the owner's
+    lock in the service. Here the tables themselves refuse a concurrent merge rather than let
+    it change memory a reader is walking: every attempt either runs before or after the
+    encode, or raises RuntimeError."""
+    tables = HourTables()
+    tables.merge([Flow(f"s{k}", "d", "v", 1, 1, 1) for k in range(50_000)])
+    expected = tables.encode(1)
+    start = threading.Barrier(2, timeout=10)
+    answers: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        start.wait()
+        for _ in range(20):
+            answers.append(tables.encode(1))
+
+    def write() -> None:
+        start.wait()
+        for _ in range(200):
+            try:
+                tables.merge([Flow("new", "d", "v", 0, 0, 2)])
+            except RuntimeError as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=read), threading.Thread(target=write)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert all(a == expected for a in answers) and len(answers) == 20
+    assert all("in use by another thread" in str(e) for e in errors)
+
+
+# -- batch helpers -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "hours, expected",
+    "hours, n, expected",
     [
-        ([3, 3, 3], {3: [3, 3, 3]}),
-        ([3, 11, 3], {3: [3, 11, 3]}),  # two hours, one partition
-        ([3, 4, 11, 12], {3: [3, 11], 4: [4, 12]}),
+        ([1, 2, 5, 9, 6], 4, {1: [1, 5, 9], 2: [2, 6]}),
+        ([3, 7, 11], 4, {3: [3, 7, 11]}),
+        ([3, 4], 1, {0: [3, 4]}),
+        ([0, 100_000, 70_000], 100_000, {0: [0, 100_000], 70_000: [70_000]}),
+        ([], 8, {}),
     ],
-    ids=["one-hour", "one-partition", "two-partitions"],
+    ids=["two-partitions", "one-partition", "one-of-one", "many-partitions", "empty"],
 )
-def test_split_groups_by_partition_in_request_order(hours, expected):
-    store = PartitionedStore(partitions=8, buffer_capacity=16, start=False)
-    batch = [Flow("s", "d", "v", i, i, h) for i, h in enumerate(hours)]
-    parts = store.split(batch)
+def test_split_groups_by_partition_in_request_order(hours, n, expected):
+    flows = [Flow("a", "b", "v", i, 0, hour) for i, hour in enumerate(hours)]
+    parts = split(flows, n)
     assert {i: [f.hour for f in part] for i, part in parts.items()} == expected
-    assert sorted(f.bytes_tx for part in parts.values() for f in part) == list(range(len(hours)))
-    for part in parts.values():
+    assert list(parts) == sorted(parts)
+    if len(expected) == 1:
+        assert next(iter(parts.values())) is flows  # one partition: the list itself, no copy
+    assert [f.bytes_tx for part in parts.values() for f in part] == sorted(
+        f.bytes_tx for f in flows
+    ) or len(parts) > 1
+
+
+def test_split_keeps_each_record_once():
+    flows = [Flow("a", "b", "v", i, 0, i % 7) for i in range(1000)]
+    parts = split(flows, 3)
+    assert sorted(f.bytes_tx for part in parts.values() for f in part) == list(range(1000))
+    for index, part in parts.items():
         assert [f.bytes_tx for f in part] == sorted(f.bytes_tx for f in part)
+        assert all(f.hour % 3 == index for f in part)
+
+
+def test_hour_bounds_and_first_outside():
+    flows = [Flow("a", "b", "v", 0, 0, h) for h in (5, 3, 9, 4)]
+    assert hour_bounds(flows) == (3, 9)
+    assert hour_bounds([]) is None
+    assert first_outside(flows, 3, 9) == -1
+    assert first_outside(flows, 4, 9) == 1
+    assert first_outside(flows, 0, 8) == 2
+    assert first_outside(flows, -5, 2**62) == -1

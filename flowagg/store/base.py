@@ -97,6 +97,10 @@ class FlowStore(Protocol):
         Raises ``ReadTimeout`` if earlier batches were not applied within ``timeout``.
         """
 
+    def read_hour_json(self, hour: int, timeout: float | None = None) -> bytes:
+        """``read_hour`` as the JSON answer of GET /flows: an array of objects with src_app,
+        dest_app, vpc_id, bytes_tx, bytes_rx and hour, as ``schema.encode`` writes Flows."""
+
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything ingested so far is applied."""
 

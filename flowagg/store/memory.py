@@ -15,17 +15,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from operator import attrgetter
 
 from flowagg.schema import Flow
+from flowagg.store import table
 from flowagg.store.base import Closed, Expired, Overloaded, Row, StoreStats
 from flowagg.store.partition import DrainObserver, Partition
 from flowagg.store.ringbuffer import Closed as BufferClosed
 from flowagg.store.ringbuffer import Full, deadline_after, remaining
 
 log = logging.getLogger("flowagg.store")
-
-_HOUR = attrgetter("hour")
 
 
 class PartitionedStore:
@@ -59,22 +57,9 @@ class PartitionedStore:
         return self.partitions[hour % len(self.partitions)]
 
     def split(self, flows: Sequence[Flow]) -> dict[int, list[Flow]]:
-        """Group a batch by partition index, keeping each group in request order."""
-        n = len(self.partitions)
-        if n == 1 or not flows:
-            return {0: list(flows)} if flows else {}
-        hours = list(map(_HOUR, flows))
-        if hours.count(hours[0]) == len(hours):  # one hour, the usual batch: no loop in Python
-            return {hours[0] % n: list(flows)}
-        parts: dict[int, list[Flow]] = {}
-        for flow in flows:
-            index = flow.hour % n
-            part = parts.get(index)
-            if part is None:
-                parts[index] = [flow]
-            else:
-                part.append(flow)
-        return parts
+        """Group a batch by partition index, keeping each group in request order (in C, one
+        pass; a batch of one partition stays the list it came as)."""
+        return table.split(flows if isinstance(flows, list) else list(flows), len(self.partitions))
 
     def ingest(
         self,
@@ -136,14 +121,17 @@ class PartitionedStore:
         """
         if self.retention_hours is None:
             return None
-        newest_in_batch = max((flow.hour for flow in flows), default=-1)
+        flows = flows if isinstance(flows, list) else list(flows)
+        bounds = table.hour_bounds(flows)
+        if bounds is None:
+            return None
         with self._window_lock:
-            newest = max(self._newest_hour, newest_in_batch)
+            newest = max(self._newest_hour, bounds[1])
         oldest = newest - self.retention_hours
-        for index, flow in enumerate(flows):
-            if flow.hour < oldest:
-                raise Expired(index, flow.hour, oldest, newest)
-        return newest_in_batch if flows else None
+        if bounds[0] < oldest:
+            index = table.first_outside(flows, oldest, newest)
+            raise Expired(index, flows[index].hour, oldest, newest)
+        return bounds[1]
 
     def advance_window(self, hour: int) -> None:
         """Record an accepted hour; if it is a new newest, drop hours that fell out of the window.
@@ -177,6 +165,9 @@ class PartitionedStore:
 
     def read_hour(self, hour: int, timeout: float | None = None) -> list[Row]:
         return self.partition_for(hour).read(hour, timeout)
+
+    def read_hour_json(self, hour: int, timeout: float | None = None) -> bytes:
+        return self.partition_for(hour).read_json(hour, timeout)
 
     def flush(self, timeout: float | None = None) -> None:
         deadline = deadline_after(timeout)

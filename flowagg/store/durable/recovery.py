@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 import msgspec
 
+from flowagg.store.base import Row
 from flowagg.store.durable.directory import generations, remove_before
 from flowagg.store.durable.framing import (
     FILE_HEADER_SIZE,
@@ -38,7 +39,6 @@ from flowagg.store.durable.records import LoggedFlow, LogRecord, decode_record
 from flowagg.store.durable.snapshot import load_snapshot, snapshot_path
 from flowagg.store.durable.wal import LOG_MAGIC, log_path
 from flowagg.store.memory import PartitionedStore
-from flowagg.store.table import Sums
 
 log = logging.getLogger("flowagg.durable")
 
@@ -53,8 +53,8 @@ def recover(
 ) -> Recovered:
     """Fill ``memory`` and ``keys`` from the newest snapshot and the logs after it."""
 
-    def load_rows(hour: int, sums: Sums) -> None:
-        memory.partition_for(hour).load({hour: sums})
+    def load_rows(hour: int, rows: list[Row]) -> None:
+        memory.partition_for(hour).load(hour, rows)
 
     started = time.monotonic()
     for leftover in directory.glob("*.tmp"):  # a snapshot that was never published

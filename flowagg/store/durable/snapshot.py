@@ -29,6 +29,7 @@ from pathlib import Path
 
 import msgspec
 
+from flowagg.store.base import Row
 from flowagg.store.durable.framing import (
     FILE_HEADER_SIZE,
     RECORD_HEADER_SIZE,
@@ -41,7 +42,6 @@ from flowagg.store.durable.framing import (
 )
 from flowagg.store.durable.idempotency import KeyEntry
 from flowagg.store.durable.wal import fsync_dir
-from flowagg.store.table import Row, Sums, Total
 
 SNAPSHOT_MAGIC = b"FLOWAGGS"
 CHUNK = 10_000  # rows or keys per record
@@ -125,7 +125,7 @@ class SnapshotWriter:
 
 def load_snapshot(
     path: Path,
-    on_rows: Callable[[int, Sums], None],
+    on_rows: Callable[[int, list[Row]], None],
     on_key: Callable[[str, KeyEntry], None],
 ) -> End:
     """Read a snapshot, handing each hour's rows and each key to the callbacks.
@@ -157,11 +157,10 @@ def load_snapshot(
                     )
                 return record
             if isinstance(record, RowsChunk):
+                chunk = record.rows
                 if record.wide:
-                    sums = {(s, d, v): Total(int(tx), int(rx)) for s, d, v, tx, rx in record.rows}
-                else:
-                    sums = {(s, d, v): Total(tx, rx) for s, d, v, tx, rx in record.rows}
-                on_rows(record.hour, sums)
+                    chunk = [(s, d, v, int(tx), int(rx)) for s, d, v, tx, rx in chunk]
+                on_rows(record.hour, chunk)
                 rows += len(record.rows)
             else:
                 for key, entry in record.keys:

@@ -124,6 +124,9 @@ class DurableStore:
     def read_hour(self, hour: int, timeout: float | None = None) -> list[Row]:
         return self.memory.read_hour(hour, timeout)
 
+    def read_hour_json(self, hour: int, timeout: float | None = None) -> bytes:
+        return self.memory.read_hour_json(hour, timeout)
+
     def flush(self, timeout: float | None = None) -> None:
         self.memory.flush(timeout)
 

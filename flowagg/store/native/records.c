@@ -1,0 +1,498 @@
+/* Reading flow records and snapshot rows into Items for a merge, and the batch helpers that
+ * look at every record of a request (split by partition, hour bounds). One call per batch from
+ * Python; the fields are read straight from their slots where the type has them. */
+
+#include "table.h"
+
+#include <structmember.h>
+
+const char *const FIELD_NAMES[N_FIELDS] = {
+    "src_app", "dest_app", "vpc_id", "bytes_tx", "bytes_rx", "hour",
+};
+static PyObject *field_names[N_FIELDS]; /* interned, created at import, never released */
+
+#define LAYOUTS 4
+static Layout layouts[LAYOUTS]; /* filled on first sight of a type; replaced round robin */
+static int next_layout;
+
+/* The layout of `type`, copied into `out` (the cache entry may be replaced later). */
+static void
+layout_of(PyTypeObject *type, Layout *out)
+{
+    for (int i = 0; i < LAYOUTS; i++) {
+        if (layouts[i].type == type) {
+            *out = layouts[i];
+            return;
+        }
+    }
+    Layout found = {.type = type};
+    for (int f = 0; f < N_FIELDS; f++) {
+        found.offset[f] = -1;
+        PyObject *descr = _PyType_Lookup(type, field_names[f]); /* borrowed */
+        if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+            PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+            if (member->type == T_OBJECT_EX && !(member->flags & READ_RESTRICTED)) {
+                found.offset[f] = member->offset;
+            }
+        }
+    }
+    Layout *slot = &layouts[next_layout];
+    next_layout = (next_layout + 1) % LAYOUTS;
+    PyTypeObject *old = slot->type;
+    Py_INCREF(type);
+    *slot = found;
+    Py_XDECREF(old); /* last: releasing a type may run arbitrary code */
+    *out = found;
+}
+
+/* The layout of `flow`'s type, reusing `current` while the type stays the same. */
+static inline Layout *
+layout_for(PyObject *flow, Layout *current)
+{
+    if (current->type != Py_TYPE(flow)) {
+        layout_of(Py_TYPE(flow), current);
+    }
+    return current;
+}
+
+/* A new reference to field `f` of `obj`, or NULL with an exception set. */
+static inline PyObject *
+read_field(PyObject *obj, const Layout *layout, int f)
+{
+    Py_ssize_t offset = layout->offset[f];
+    if (offset < 0) {
+        return PyObject_GetAttr(obj, field_names[f]);
+    }
+    PyObject *value = *(PyObject **)((char *)obj + offset);
+    if (value == NULL) {
+        PyErr_Format(PyExc_AttributeError, "flow record has no value for '%s'", FIELD_NAMES[f]);
+        return NULL;
+    }
+    return Py_NewRef(value);
+}
+
+/* The value of an int of at most two digits that is not negative: 1, else 0. */
+static inline int
+small_u64(PyObject *value, uint64_t *out)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    if (PyUnstable_Long_IsCompact((PyLongObject *)value)) {
+        Py_ssize_t v = PyUnstable_Long_CompactValue((PyLongObject *)value);
+        if (v >= 0) {
+            *out = (uint64_t)v;
+            return 1;
+        }
+    }
+    return 0;
+#else
+    const digit *d = ((PyLongObject *)value)->ob_digit;
+    switch (Py_SIZE(value)) {
+        case 0: *out = 0; return 1;
+        case 1: *out = d[0]; return 1;
+        case 2: *out = d[0] | ((uint64_t)d[1] << PyLong_SHIFT); return 1;
+        default: return 0;
+    }
+#endif
+}
+
+int
+as_u64(PyObject *value, const char *what, uint64_t *out)
+{
+    if (!PyLong_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "%s must be an int, not %.100s", what,
+                     Py_TYPE(value)->tp_name);
+        return -1;
+    }
+    if (small_u64(value, out)) {
+        return 0;
+    }
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow == 0 && v >= 0) {
+        *out = (uint64_t)v;
+        return 0;
+    }
+    if (overflow > 0) {
+        unsigned long long u = PyLong_AsUnsignedLongLong(value);
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Format(PyExc_OverflowError, "%s must be below 2**64", what);
+            return -1;
+        }
+        *out = u;
+        return 0;
+    }
+    PyErr_Format(PyExc_ValueError, "%s must not be negative", what);
+    return -1;
+}
+
+/* A counter below 2**128 (rows from a snapshot may hold sums of 64 bits or more). */
+static int
+as_u128(PyObject *value, const char *what, u128 *out)
+{
+    uint64_t low;
+    if (as_u64(value, what, &low) == 0) {
+        *out = low;
+        return 0;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+        return -1;
+    }
+    PyErr_Clear();
+    PyObject *shift = PyLong_FromLong(64);
+    if (shift == NULL) {
+        return -1;
+    }
+    PyObject *upper = PyNumber_Rshift(value, shift);
+    Py_DECREF(shift);
+    if (upper == NULL) {
+        return -1;
+    }
+    unsigned long long high = PyLong_AsUnsignedLongLong(upper);
+    Py_DECREF(upper);
+    if (high == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Format(PyExc_OverflowError, "%s must be below 2**128", what);
+        return -1;
+    }
+    *out = ((u128)high << 64) | PyLong_AsUnsignedLongLongMask(value);
+    return 0;
+}
+
+/* A new int for a 128-bit counter. */
+PyObject *
+long_from_u128(u128 value)
+{
+    uint64_t high = (uint64_t)(value >> 64);
+    if (high == 0) {
+        return PyLong_FromUnsignedLongLong((uint64_t)value);
+    }
+    unsigned char bytes[16];
+    for (int i = 0; i < 16; i++) {
+        bytes[i] = (unsigned char)(value >> (8 * i));
+    }
+    return _PyLong_FromByteArray(bytes, 16, 1, 0);
+}
+
+void
+items_release(Item *items, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        for (int f = 0; f < 3; f++) {
+            Py_XDECREF(items[i].str[f]);
+        }
+    }
+}
+
+/* Fill `item` from a name string: keeps a reference, points at its UTF-8. */
+static int
+take_name(Item *item, int f, PyObject *value)
+{
+    if (!PyUnicode_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a str, not %.100s", FIELD_NAMES[f],
+                     Py_TYPE(value)->tp_name);
+        Py_DECREF(value);
+        return -1;
+    }
+    item->str[f] = value; /* owned by the item from here on, released by items_release */
+    Py_ssize_t length;
+    const char *bytes;
+    if (PyUnicode_IS_COMPACT_ASCII(value)) { /* its characters are its UTF-8 */
+        bytes = (const char *)(((PyASCIIObject *)value) + 1);
+        length = PyUnicode_GET_LENGTH(value);
+    }
+    else if ((bytes = PyUnicode_AsUTF8AndSize(value, &length)) == NULL) {
+        return -1;
+    }
+    if ((size_t)length > MAX_NAME_LENGTH) {
+        PyErr_Format(PyExc_ValueError, "%s is too long", FIELD_NAMES[f]);
+        return -1;
+    }
+    item->key.name[f] = bytes;
+    item->key.length[f] = (uint32_t)length;
+    return 0;
+}
+
+/* Fill `item` from a flow record laid out as `layout` (a copy: the cache may change while
+ * getattr runs Python code). */
+int
+read_flow(PyObject *flow, Layout *current, Item *item)
+{
+    const Layout *layout = layout_for(flow, current);
+    for (int f = F_SRC; f <= F_VPC; f++) {
+        PyObject *value = read_field(flow, layout, f);
+        if (value == NULL || take_name(item, f, value) < 0) {
+            return -1;
+        }
+    }
+    for (int f = F_TX; f <= F_HOUR; f++) {
+        PyObject *value = read_field(flow, layout, f);
+        if (value == NULL) {
+            return -1;
+        }
+        int failed;
+        if (f == F_HOUR) {
+            failed = as_u64(value, FIELD_NAMES[f], &item->hour);
+        }
+        else {
+            uint64_t count;
+            failed = as_u64(value, FIELD_NAMES[f], &count);
+            item->count[f - F_TX] = count;
+        }
+        Py_DECREF(value);
+        if (failed) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* A row (src_app, dest_app, vpc_id, bytes_tx, bytes_rx) of `hour`. */
+int
+read_row(PyObject *row, uint64_t hour, Item *item)
+{
+    if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 5) {
+        PyErr_SetString(PyExc_TypeError,
+                        "a row is a tuple (src_app, dest_app, vpc_id, bytes_tx, bytes_rx)");
+        return -1;
+    }
+    for (int f = F_SRC; f <= F_VPC; f++) {
+        if (take_name(item, f, Py_NewRef(PyTuple_GET_ITEM(row, f))) < 0) {
+            return -1;
+        }
+    }
+    for (int c = 0; c < 2; c++) {
+        if (as_u128(PyTuple_GET_ITEM(row, 3 + c), FIELD_NAMES[F_TX + c], &item->count[c]) < 0) {
+            return -1;
+        }
+    }
+    item->hour = hour;
+    return 0;
+}
+
+/* -- batch helpers ---------------------------------------------------------------------------- */
+
+/* The hour of a flow record. */
+static int
+flow_hour(PyObject *flow, Layout *layout, uint64_t *hour)
+{
+    PyObject *value = read_field(flow, layout_for(flow, layout), F_HOUR);
+    if (value == NULL) {
+        return -1;
+    }
+    int failed = as_u64(value, FIELD_NAMES[F_HOUR], hour);
+    Py_DECREF(value);
+    return failed;
+}
+
+/* Add `flow` to the list of `parts` under partition `index`, creating the list if new. */
+static int
+append_part(PyObject *parts, Py_ssize_t index, PyObject *flow)
+{
+    PyObject *key = PyLong_FromSsize_t(index);
+    if (key == NULL) {
+        return -1;
+    }
+    PyObject *part = PyDict_GetItemWithError(parts, key); /* borrowed */
+    if (part == NULL) {
+        if (PyErr_Occurred() || (part = PyList_New(0)) == NULL) {
+            Py_DECREF(key);
+            return -1;
+        }
+        int failed = PyDict_SetItem(parts, key, part);
+        Py_DECREF(part); /* the dict holds it, if set */
+        if (failed) {
+            Py_DECREF(key);
+            return -1;
+        }
+    }
+    Py_DECREF(key);
+    return PyList_Append(part, flow);
+}
+
+/* Partition counts up to this split through arrays indexed by partition; larger ones (an
+ * unusual setting) through a dict per flow. */
+#define SPLIT_ARRAY_MAX 65536
+
+PyDoc_STRVAR(split_doc,
+"split(flows, n) -> dict\n\n"
+"Group a list of flow records by partition (hour % n): {index: [flows in request order]},\n"
+"in ascending index order. A batch that falls into one partition maps to the list itself.");
+
+static PyObject *
+table_split(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *flows;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "O!n:split", &PyList_Type, &flows, &n)) {
+        return NULL;
+    }
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "n must be at least 1");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(flows);
+    PyObject *parts = PyDict_New();
+    if (parts == NULL || count == 0) {
+        return parts;
+    }
+    Py_ssize_t *index = PyMem_Malloc(sizeof(Py_ssize_t) * count); /* partition of each flow */
+    Py_ssize_t *sizes = NULL;  /* per partition: flows, then the next position to fill */
+    PyObject **lists = NULL;   /* per partition: a new list or NULL, until moved into parts */
+    if (index == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    Layout layout = {0};
+    int one = 1;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        uint64_t hour;
+        if (flow_hour(PyList_GET_ITEM(flows, i), &layout, &hour) < 0) {
+            goto error;
+        }
+        index[i] = (Py_ssize_t)(hour % (uint64_t)n);
+        one &= index[i] == index[0];
+    }
+    if (one) {
+        PyObject *key = PyLong_FromSsize_t(index[0]);
+        int failed = key == NULL || PyDict_SetItem(parts, key, flows) < 0;
+        Py_XDECREF(key);
+        if (failed) {
+            goto error;
+        }
+    }
+    else if (n > SPLIT_ARRAY_MAX) {
+        for (Py_ssize_t i = 0; i < count; i++) {
+            if (append_part(parts, index[i], PyList_GET_ITEM(flows, i)) < 0) {
+                goto error;
+            }
+        }
+    }
+    else {
+        sizes = PyMem_Calloc(n, sizeof(Py_ssize_t));
+        lists = PyMem_Calloc(n, sizeof(PyObject *));
+        if (sizes == NULL || lists == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
+        for (Py_ssize_t i = 0; i < count; i++) {
+            sizes[index[i]]++;
+        }
+        for (Py_ssize_t p = 0; p < n; p++) {
+            if (sizes[p] > 0 && (lists[p] = PyList_New(sizes[p])) == NULL) {
+                goto error;
+            }
+            sizes[p] = 0;
+        }
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyList_SET_ITEM(lists[index[i]], sizes[index[i]]++,
+                            Py_NewRef(PyList_GET_ITEM(flows, i)));
+        }
+        for (Py_ssize_t p = 0; p < n; p++) {
+            if (lists[p] == NULL) {
+                continue;
+            }
+            PyObject *key = PyLong_FromSsize_t(p);
+            int failed = key == NULL || PyDict_SetItem(parts, key, lists[p]) < 0;
+            Py_XDECREF(key);
+            if (failed) {
+                goto error;
+            }
+        }
+    }
+    if (lists != NULL) {
+        for (Py_ssize_t p = 0; p < n; p++) {
+            Py_XDECREF(lists[p]); /* parts holds them */
+        }
+    }
+    PyMem_Free(lists);
+    PyMem_Free(sizes);
+    PyMem_Free(index);
+    return parts;
+error:
+    if (lists != NULL) {
+        for (Py_ssize_t p = 0; p < n; p++) {
+            Py_XDECREF(lists[p]);
+        }
+    }
+    PyMem_Free(lists);
+    PyMem_Free(sizes);
+    PyMem_Free(index);
+    Py_DECREF(parts);
+    return NULL;
+}
+
+PyDoc_STRVAR(hour_bounds_doc,
+"hour_bounds(flows) -> (lowest, highest) hour of a list of flow records, or None if empty");
+
+static PyObject *
+table_hour_bounds(PyObject *Py_UNUSED(module), PyObject *flows)
+{
+    if (!PyList_Check(flows)) {
+        PyErr_SetString(PyExc_TypeError, "flows must be a list");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(flows);
+    if (count == 0) {
+        Py_RETURN_NONE;
+    }
+    uint64_t low = U64_MAX, high = 0;
+    Layout layout = {0};
+    for (Py_ssize_t i = 0; i < count; i++) {
+        uint64_t hour;
+        if (flow_hour(PyList_GET_ITEM(flows, i), &layout, &hour) < 0) {
+            return NULL;
+        }
+        low = hour < low ? hour : low;
+        high = hour > high ? hour : high;
+    }
+    return Py_BuildValue("KK", (unsigned long long)low, (unsigned long long)high);
+}
+
+PyDoc_STRVAR(first_outside_doc,
+"first_outside(flows, low, high) -> index\n\n"
+"The index of the first flow record whose hour is not in [low, high], or -1.");
+
+static PyObject *
+table_first_outside(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *flows;
+    long long low, high;
+    if (!PyArg_ParseTuple(args, "O!LL:first_outside", &PyList_Type, &flows, &low, &high)) {
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(flows);
+    Layout layout = {0};
+    for (Py_ssize_t i = 0; i < count; i++) {
+        uint64_t hour;
+        if (flow_hour(PyList_GET_ITEM(flows, i), &layout, &hour) < 0) {
+            return NULL;
+        }
+        if ((low > 0 && hour < (uint64_t)low) || high < 0 || hour > (uint64_t)high) {
+            return PyLong_FromSsize_t(i);
+        }
+    }
+    return PyLong_FromLong(-1);
+}
+
+PyMethodDef records_functions[] = {
+    {"split", table_split, METH_VARARGS, split_doc},
+    {"hour_bounds", table_hour_bounds, METH_O, hour_bounds_doc},
+    {"first_outside", table_first_outside, METH_VARARGS, first_outside_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+records_init(void)
+{
+    for (int f = 0; f < N_FIELDS; f++) {
+        if (field_names[f] == NULL) {
+            field_names[f] = PyUnicode_InternFromString(FIELD_NAMES[f]);
+            if (field_names[f] == NULL) {
+                return -1;
+            }
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,896 @@
+/* flowagg.store.table: the hour tables of one partition, in C.
+ *
+ * A partition sums its flows per (hour, src_app, dest_app, vpc_id). This module holds those sums
+ * and does all the per-flow work, so that Python makes one call per batch, never one per flow:
+ *
+ *   HourTables.merge(flows, cutoff)   sum a batch of flow records into the tables
+ *   HourTables.encode(hour)           the JSON answer of GET /flows?hour=H, as bytes
+ *   HourTables.rows(hour)             an hour's rows as tuples (snapshots, tests)
+ *   split(flows, n), hour_bounds(flows), first_outside(flows, lo, hi)   batch helpers
+ *
+ * Layout of one hour (struct Hour), after CPython's compact dict:
+ *
+ *   entries  [Entry]  dense, in order of first appearance: two counters, three name numbers
+ *   slots    [Slot]   open addressing over entries (linear probing, at most 3/4 full); each slot
+ *                     holds the entry's number + 1 (0: empty) and 32 bits of its hash, so a probe
+ *                     touches an entry only when the hash bits match
+ *   names    [Name]   each distinct name of the hour once; its UTF-8 bytes live in `arena`
+ *   name_slots        open addressing over names, as slots over entries
+ *   high     [2 x u64] per entry, the bits of each counter above 64; NULL until some counter of
+ *                     the hour could pass 2**64
+ *
+ * Counters are exact: 64 bits in the entry plus a 64-bit carry word once needed, so 128 bits,
+ * which no sequence of flows can exceed (each adds at most 2**64 - 1, so it takes 2**64 of them);
+ * a merge that would exceed it is refused with OverflowError before anything changes.
+ *
+ * A merge never fails midway. It first reads every flow and reserves all the memory it can
+ * need (phase 1, which may fail and then changes nothing), then adds (phase 2, which cannot
+ * fail). Phase 1's hashing and probing and all of phase 2 work on this module's own memory and
+ * on the UTF-8 buffers of strings it holds references to, so for large batches they run with the
+ * GIL released; `encode` does the same. The owning partition's reader/writer lock serialises
+ * writers against readers; `busy` below refuses (RuntimeError) any use that would break that.
+ *
+ * Names are hashed with a seeded 64-bit multiply-mix hash (after wyhash); the seed is random per
+ * process, so a client cannot choose names that collide.
+ */
+
+#include "table.h"
+
+#include <sys/random.h>
+
+uint64_t hash_seed[4];
+uint64_t hash_start;
+
+/* -- HourTables ------------------------------------------------------------------------------- */
+
+
+Hour *
+tables_find(const HourTables *self, uint64_t hour)
+{
+    if (self->hour_slots == NULL) {
+        return NULL;
+    }
+    uint32_t hash = short_hash(hash_hour(hour));
+    for (uint32_t i = hash & self->hour_mask;; i = (i + 1) & self->hour_mask) {
+        const Slot *s = &self->hour_slots[i];
+        if (s->index == SLOT_NONE) {
+            return NULL;
+        }
+        if (s->hash == hash && self->hours[s->index - 1]->hour == hour) {
+            return self->hours[s->index - 1];
+        }
+    }
+}
+
+/* Rebuild the hour slots for the hours held plus `more`. -1 on failure (nothing changed). */
+static int
+tables_reindex(HourTables *self, uint32_t more)
+{
+    uint64_t size = slots_for((uint64_t)self->nhours + more);
+    Slot *slots = PyMem_RawCalloc(size, sizeof(Slot));
+    if (slots == NULL) {
+        return -1;
+    }
+    for (uint32_t i = 0; i < self->nhours; i++) {
+        slot_put(slots, (uint32_t)(size - 1), i, short_hash(hash_hour(self->hours[i]->hour)));
+    }
+    PyMem_RawFree(self->hour_slots);
+    self->hour_slots = slots;
+    self->hour_mask = (uint32_t)(size - 1);
+    return 0;
+}
+
+/* Room for `more` hours: -1 on failure (nothing changed but capacity). */
+static int
+tables_reserve(HourTables *self, uint32_t more)
+{
+    uint64_t want = (uint64_t)self->nhours + more;
+    if (want > MAX_ENTRIES) {
+        return -1;
+    }
+    if (want > self->hours_cap) {
+        uint64_t cap = grown(self->hours_cap, want);
+        Hour **hours = PyMem_RawRealloc(self->hours, cap * sizeof(Hour *));
+        if (hours == NULL) {
+            return -1;
+        }
+        self->hours = hours;
+        self->hours_cap = (uint32_t)cap;
+    }
+    if (self->hour_slots == NULL || want > ((uint64_t)self->hour_mask + 1) * 3 / 4) {
+        return tables_reindex(self, more);
+    }
+    return 0;
+}
+
+/* Add a new hour; needs the room tables_reserve made. */
+static void
+tables_add(HourTables *self, Hour *h)
+{
+    uint32_t index = self->nhours++;
+    self->hours[index] = h;
+    slot_put(self->hour_slots, self->hour_mask, index, short_hash(hash_hour(h->hour)));
+}
+
+int
+check_idle(HourTables *self, int writing)
+{
+    if (self->busy < 0 || (writing && self->busy > 0)) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "HourTables is in use by another thread; its owner's lock must be held");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+HourTables_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, ":HourTables", kwlist)) {
+        return NULL;
+    }
+    HourTables *self = (HourTables *)type->tp_alloc(type, 0);
+    return (PyObject *)self; /* every field starts zeroed: no hours */
+}
+
+static void
+HourTables_dealloc(HourTables *self)
+{
+    for (uint32_t i = 0; i < self->nhours; i++) {
+        hour_free(self->hours[i]);
+    }
+    PyMem_RawFree(self->hours);
+    PyMem_RawFree(self->hour_slots);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* One hour of a batch being merged. */
+typedef struct {
+    uint64_t hour;
+    Hour *table;     /* the hour's table (NULL until phase 1 creates a missing one) */
+    int created;     /* the table is new in this merge: added to the tables in phase 2 */
+    uint64_t fresh;  /* flows whose key the table did not hold before: an upper bound of new keys */
+    uint64_t bytes;  /* their names' bytes: an upper bound of new arena bytes */
+    u128 sum[2];     /* the batch's total bytes_tx and bytes_rx for the hour */
+    int overflow;    /* the sums overflowed 128 bits */
+} Group;
+
+typedef struct {
+    Item *items;
+    Py_ssize_t n;    /* items read (and holding references) */
+    Group *groups;
+    uint32_t ngroups;
+    uint64_t applied;   /* flows not skipped */
+    uint64_t new_keys;  /* set by phase 2 */
+} Batch;
+
+static void
+batch_free(Batch *b)
+{
+    items_release(b->items, b->n);
+    PyMem_RawFree(b->items);
+    if (b->groups != NULL) {
+        for (uint32_t g = 0; g < b->ngroups; g++) {
+            if (b->groups[g].created) {
+                hour_free(b->groups[g].table); /* only still owned here if phase 2 never ran */
+            }
+        }
+    }
+    PyMem_RawFree(b->groups);
+}
+
+/* Batches touch few hours: up to this many are found by a linear search, more through a map. */
+#define FEW_GROUPS 8
+
+/* The group of `hour`, added if new; -1 without memory. `slots` is NULL while there are at
+ * most FEW_GROUPS groups, then a map over them, rebuilt as it fills. */
+static int64_t
+group_of(Batch *b, uint64_t hour, Slot **slots, uint32_t *mask, uint32_t *cap)
+{
+    if (*slots == NULL) {
+        for (uint32_t g = 0; g < b->ngroups; g++) {
+            if (b->groups[g].hour == hour) {
+                return g;
+            }
+        }
+    }
+    else {
+        uint32_t hash = short_hash(hash_hour(hour));
+        for (uint32_t s = hash & *mask; (*slots)[s].index != SLOT_NONE; s = (s + 1) & *mask) {
+            if ((*slots)[s].hash == hash && b->groups[(*slots)[s].index - 1].hour == hour) {
+                return (*slots)[s].index - 1;
+            }
+        }
+    }
+    if (b->ngroups == *cap) {
+        uint64_t more = grown(*cap, (uint64_t)*cap + 1);
+        Group *groups = PyMem_RawRealloc(b->groups, more * sizeof(Group));
+        if (groups == NULL) {
+            return -1;
+        }
+        b->groups = groups;
+        *cap = (uint32_t)more;
+    }
+    uint32_t g = b->ngroups++;
+    b->groups[g] = (Group){.hour = hour};
+    if (b->ngroups > FEW_GROUPS
+        && (*slots == NULL || (uint64_t)b->ngroups > ((uint64_t)*mask + 1) * 3 / 4)) {
+        uint64_t size = slots_for((uint64_t)b->ngroups * 2);
+        Slot *map = PyMem_RawCalloc(size, sizeof(Slot));
+        if (map == NULL) {
+            return -1;
+        }
+        for (uint32_t i = 0; i < b->ngroups; i++) {
+            slot_put(map, (uint32_t)(size - 1), i, short_hash(hash_hour(b->groups[i].hour)));
+        }
+        PyMem_RawFree(*slots);
+        *slots = map;
+        *mask = (uint32_t)(size - 1);
+    }
+    else if (*slots != NULL) {
+        slot_put(*slots, *mask, g, short_hash(hash_hour(hour)));
+    }
+    return g;
+}
+
+/* Give every item not skipped its group, one per distinct hour (with the GIL: may raise). */
+static int
+batch_group(Batch *b)
+{
+    Slot *slots = NULL;
+    uint32_t mask = 0, cap = 0;
+    uint32_t last = SKIPPED;
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        Item *item = &b->items[i];
+        if (item->group == SKIPPED) {
+            continue;
+        }
+        if (last == SKIPPED || b->groups[last].hour != item->hour) {
+            int64_t g = group_of(b, item->hour, &slots, &mask, &cap);
+            if (g < 0) {
+                PyMem_RawFree(slots);
+                PyErr_NoMemory();
+                return -1;
+            }
+            last = (uint32_t)g;
+        }
+        item->group = last;
+    }
+    PyMem_RawFree(slots);
+    return 0;
+}
+
+/* Phase 1 without Python: hash and look up every key, total the counters per hour, and
+ * reserve every byte phase 2 can need. Returns 0, or -1 for memory and -2 for a counter that
+ * would pass 2**128; nothing the tables hold has changed then (only capacities). */
+static int
+batch_prepare(HourTables *self, Batch *b)
+{
+    for (uint32_t g = 0; g < b->ngroups; g++) {
+        b->groups[g].table = tables_find(self, b->groups[g].hour);
+    }
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        Item *item = &b->items[i];
+        if (item->group == SKIPPED) {
+            continue;
+        }
+        Group *g = &b->groups[item->group];
+        item->hash = short_hash(hash_key(&item->key));
+        item->row = g->table != NULL ? hour_find(g->table, &item->key, item->hash) : 0;
+        if (item->row == 0) {
+            g->fresh++;
+            g->bytes += (uint64_t)item->key.length[0] + item->key.length[1] + item->key.length[2];
+        }
+        for (int c = 0; c < 2; c++) {
+            g->overflow |= __builtin_add_overflow(g->sum[c], item->count[c], &g->sum[c]);
+        }
+    }
+    uint32_t created = 0;
+    for (uint32_t g = 0; g < b->ngroups; g++) {
+        Group *group = &b->groups[g];
+        if (group->table == NULL) {
+            group->table = hour_new(group->hour);
+            if (group->table == NULL) {
+                return -1;
+            }
+            group->created = 1;
+            created++;
+        }
+        Hour *h = group->table;
+        u128 sum = group->sum[0] > group->sum[1] ? group->sum[0] : group->sum[1];
+        u128 top;
+        if (group->overflow || __builtin_add_overflow(h->max_count, sum, &top)) {
+            return -2;
+        }
+        int need_high = (top >> 64) != 0;
+        if (hour_reserve(h, group->fresh, group->bytes, need_high) < 0) {
+            return -1;
+        }
+    }
+    if (created > 0 && tables_reserve(self, created) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+/* Phase 2: add every item. Cannot fail. */
+static void
+batch_apply(HourTables *self, Batch *b)
+{
+    for (uint32_t g = 0; g < b->ngroups; g++) {
+        if (b->groups[g].created) {
+            tables_add(self, b->groups[g].table);
+            b->groups[g].created = 0; /* owned by the tables now */
+        }
+    }
+    uint64_t new_keys = 0;
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        Item *item = &b->items[i];
+        if (item->group == SKIPPED) {
+            continue;
+        }
+        Hour *h = b->groups[item->group].table;
+        uint32_t row;
+        if (item->row != 0) {
+            row = item->row - 1;
+        }
+        else {
+            /* An earlier item of this batch may have added the key since phase 1. */
+            uint32_t found = hour_find(h, &item->key, item->hash);
+            if (found != 0) {
+                row = found - 1;
+            }
+            else {
+                row = hour_insert(h, &item->key, item->hash);
+                new_keys++;
+            }
+        }
+        hour_add(h, row, 0, item->count[0]);
+        hour_add(h, row, 1, item->count[1]);
+    }
+    self->keys += new_keys;
+    b->new_keys = new_keys;
+}
+
+/* Prepare and apply, without the GIL for large batches. */
+static int
+batch_merge(HourTables *self, Batch *b)
+{
+    if (batch_group(b) < 0) {
+        return -1;
+    }
+    int status;
+    if (b->n >= RELEASE_GIL_AT) {
+        self->busy = -1;
+        Py_BEGIN_ALLOW_THREADS
+        status = batch_prepare(self, b);
+        if (status == 0) {
+            batch_apply(self, b);
+        }
+        Py_END_ALLOW_THREADS
+        self->busy = 0;
+    }
+    else {
+        status = batch_prepare(self, b);
+        if (status == 0) {
+            batch_apply(self, b);
+        }
+    }
+    if (status == -1) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (status == -2) {
+        PyErr_SetString(PyExc_OverflowError, "a counter would pass 2**128; nothing was merged");
+        return -1;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(merge_doc,
+"merge(flows, cutoff=0) -> (applied, new_keys)\n\n"
+"Add a list of flow records (objects with src_app, dest_app, vpc_id, bytes_tx, bytes_rx and\n"
+"hour) to the tables; records of hours below cutoff are skipped. All or nothing: on any error\n"
+"(a field of the wrong type, no memory) the tables are unchanged. Returns how many records\n"
+"were added and how many keys (key-hours) were new.");
+
+static PyObject *
+HourTables_merge(HourTables *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"flows", "cutoff", NULL};
+    PyObject *flows, *cutoff_arg = NULL;
+    uint64_t cutoff = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|O:merge", kwlist, &flows, &cutoff_arg)) {
+        return NULL;
+    }
+    if (cutoff_arg != NULL && as_u64(cutoff_arg, "cutoff", &cutoff) < 0) {
+        return NULL;
+    }
+    if (check_idle(self, 1) < 0) {
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(flows, "flows must be a sequence");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Batch b = {0};
+    PyObject *result = NULL;
+    b.items = PyMem_RawMalloc((n > 0 ? n : 1) * sizeof(Item));
+    if (b.items == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyObject **objects = PySequence_Fast_ITEMS(seq);
+    Layout layout = {0};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        item_init(&b.items[i]);
+        b.n = i + 1; /* the item may hold references even if reading it fails */
+        if (read_flow(objects[i], &layout, &b.items[i]) < 0) {
+            goto done;
+        }
+        if (b.items[i].hour < cutoff) {
+            b.items[i].group = SKIPPED;
+        }
+        else {
+            b.applied++;
+        }
+    }
+    if (batch_merge(self, &b) < 0) {
+        goto done;
+    }
+    result = Py_BuildValue("KK", (unsigned long long)b.applied, (unsigned long long)b.new_keys);
+done:
+    batch_free(&b);
+    Py_DECREF(seq);
+    return result;
+}
+
+PyDoc_STRVAR(merge_rows_doc,
+"merge_rows(hour, rows) -> new_keys\n\n"
+"Add summed rows (src_app, dest_app, vpc_id, bytes_tx, bytes_rx) to an hour, as a snapshot\n"
+"holds them; counters may be of any size below 2**128. All or nothing, as merge.");
+
+static PyObject *
+HourTables_merge_rows(HourTables *self, PyObject *args)
+{
+    PyObject *hour_arg, *rows;
+    uint64_t hour;
+    if (!PyArg_ParseTuple(args, "OO:merge_rows", &hour_arg, &rows)) {
+        return NULL;
+    }
+    if (as_u64(hour_arg, "hour", &hour) < 0) {
+        return NULL;
+    }
+    if (check_idle(self, 1) < 0) {
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(rows, "rows must be a sequence");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Batch b = {0};
+    PyObject *result = NULL;
+    b.items = PyMem_RawMalloc((n > 0 ? n : 1) * sizeof(Item));
+    if (b.items == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyObject **objects = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        item_init(&b.items[i]);
+        b.n = i + 1;
+        if (read_row(objects[i], hour, &b.items[i]) < 0) {
+            goto done;
+        }
+    }
+    if (batch_merge(self, &b) < 0) {
+        goto done;
+    }
+    result = PyLong_FromUnsignedLongLong(b.new_keys);
+done:
+    batch_free(&b);
+    Py_DECREF(seq);
+    return result;
+}
+
+/* -- reading ---------------------------------------------------------------------------------- */
+
+static int
+parse_hour(PyObject *arg, uint64_t *hour, int *exists)
+{
+    /* An hour that no table can hold (negative, or 2**64 and above) simply has no rows. */
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(arg, &overflow);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow < 0 || (overflow == 0 && v < 0)) {
+        *exists = 0;
+        return 0;
+    }
+    if (overflow > 0) {
+        unsigned long long u = PyLong_AsUnsignedLongLong(arg);
+        if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
+                return -1;
+            }
+            PyErr_Clear();
+            *exists = 0;
+            return 0;
+        }
+        v = (long long)u;
+    }
+    *hour = (uint64_t)v;
+    *exists = 1;
+    return 0;
+}
+
+static const Hour *
+lookup_hour(HourTables *self, PyObject *arg, int *error)
+{
+    *error = 0;
+    if (!PyLong_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "hour must be an int, not %.100s", Py_TYPE(arg)->tp_name);
+        *error = 1;
+        return NULL;
+    }
+    uint64_t hour;
+    int exists;
+    if (parse_hour(arg, &hour, &exists) < 0) {
+        *error = 1;
+        return NULL;
+    }
+    return exists ? tables_find(self, hour) : NULL;
+}
+
+/* A new str for each name of an hour, made on first use (rows) and released together. */
+typedef struct {
+    const Hour *hour;
+    PyObject **str; /* hour->nnames strong references or NULLs */
+} NameCache;
+
+static PyObject *
+cached_name(NameCache *cache, uint32_t name)
+{
+    PyObject *s = cache->str[name];
+    if (s == NULL) {
+        s = PyUnicode_DecodeUTF8(name_bytes(cache->hour, name), name_length(cache->hour, name),
+                                 "strict");
+        cache->str[name] = s;
+    }
+    return Py_XNewRef(s);
+}
+
+PyDoc_STRVAR(rows_doc,
+"rows(hour) -> list of (src_app, dest_app, vpc_id, bytes_tx, bytes_rx)\n\n"
+"A copy of the hour's rows, in order of first appearance; [] for an hour without data.");
+
+static PyObject *
+HourTables_rows(HourTables *self, PyObject *arg)
+{
+    if (check_idle(self, 0) < 0) {
+        return NULL;
+    }
+    int error;
+    const Hour *h = lookup_hour(self, arg, &error);
+    if (error) {
+        return NULL;
+    }
+    if (h == NULL) {
+        return PyList_New(0);
+    }
+    NameCache cache = {.hour = h, .str = PyMem_Calloc(h->nnames > 0 ? h->nnames : 1,
+                                                      sizeof(PyObject *))};
+    if (cache.str == NULL) {
+        return PyErr_NoMemory();
+    }
+    PyObject *rows = PyList_New(h->len);
+    if (rows == NULL) {
+        goto error;
+    }
+    for (uint32_t r = 0; r < h->len; r++) {
+        const Entry *e = &h->entries[r];
+        PyObject *row = PyTuple_New(5);
+        if (row == NULL) {
+            goto error;
+        }
+        PyList_SET_ITEM(rows, r, row); /* the list owns it; filled in below */
+        for (int f = 0; f < 3; f++) {
+            PyObject *name = cached_name(&cache, e->name[f]);
+            if (name == NULL) {
+                goto error;
+            }
+            PyTuple_SET_ITEM(row, f, name);
+        }
+        for (int c = 0; c < 2; c++) {
+            PyObject *count = long_from_u128(entry_count(h, r, c));
+            if (count == NULL) {
+                goto error;
+            }
+            PyTuple_SET_ITEM(row, 3 + c, count);
+        }
+    }
+    for (uint32_t i = 0; i < h->nnames; i++) {
+        Py_XDECREF(cache.str[i]);
+    }
+    PyMem_Free(cache.str);
+    return rows;
+error:
+    for (uint32_t i = 0; i < h->nnames; i++) {
+        Py_XDECREF(cache.str[i]);
+    }
+    PyMem_Free(cache.str);
+    Py_XDECREF(rows);
+    return NULL;
+}
+
+PyDoc_STRVAR(encode_doc,
+"encode(hour) -> bytes\n\n"
+"The hour's rows as the JSON array GET /flows answers: one object per key with src_app,\n"
+"dest_app, vpc_id, bytes_tx, bytes_rx and hour, in order of first appearance; b'[]' without\n"
+"data. The same bytes msgspec gives for the rows as Flow records.");
+
+static PyObject *
+HourTables_encode(HourTables *self, PyObject *arg)
+{
+    if (check_idle(self, 0) < 0) {
+        return NULL;
+    }
+    int error;
+    const Hour *h = lookup_hour(self, arg, &error);
+    if (error) {
+        return NULL;
+    }
+    if (h == NULL || h->len == 0) {
+        return PyBytes_FromStringAndSize("[]", 2);
+    }
+    int release = h->len >= RELEASE_GIL_AT;
+    size_t length;
+    self->busy++; /* readers only from here: merge and drop_before refuse */
+    if (release) {
+        Py_BEGIN_ALLOW_THREADS
+        length = hour_json_length(h);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        length = hour_json_length(h);
+    }
+    PyObject *out = length <= PY_SSIZE_T_MAX ? PyBytes_FromStringAndSize(NULL, length) : NULL;
+    if (out == NULL) {
+        self->busy--;
+        return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+    }
+    /* The bytes object is not shared yet: writing into it needs no GIL. */
+    char *buffer = PyBytes_AS_STRING(out);
+    char *end;
+    if (release) {
+        Py_BEGIN_ALLOW_THREADS
+        end = hour_json_write(h, buffer);
+        Py_END_ALLOW_THREADS
+    }
+    else {
+        end = hour_json_write(h, buffer);
+    }
+    self->busy--;
+    if ((size_t)(end - buffer) != length) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_SystemError, "encode: the JSON length was miscounted");
+        return NULL;
+    }
+    return out;
+}
+
+/* -- the hours -------------------------------------------------------------------------------- */
+
+static int
+compare_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+PyDoc_STRVAR(hours_doc, "hours() -> list of the hours held, ascending");
+
+static PyObject *
+HourTables_hours(HourTables *self, PyObject *Py_UNUSED(ignored))
+{
+    if (check_idle(self, 0) < 0) {
+        return NULL;
+    }
+    uint64_t *hours = PyMem_Malloc(sizeof(uint64_t) * (self->nhours > 0 ? self->nhours : 1));
+    if (hours == NULL) {
+        return PyErr_NoMemory();
+    }
+    for (uint32_t i = 0; i < self->nhours; i++) {
+        hours[i] = self->hours[i]->hour;
+    }
+    qsort(hours, self->nhours, sizeof(uint64_t), compare_u64);
+    PyObject *list = PyList_New(self->nhours);
+    for (uint32_t i = 0; list != NULL && i < self->nhours; i++) {
+        PyObject *hour = PyLong_FromUnsignedLongLong(hours[i]);
+        if (hour == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, i, hour);
+    }
+    PyMem_Free(hours);
+    return list;
+}
+
+PyDoc_STRVAR(drop_before_doc,
+"drop_before(cutoff) -> (hours, keys)\n\n"
+"Drop every hour below cutoff; returns how many hours and key-hours were dropped.");
+
+static PyObject *
+HourTables_drop_before(HourTables *self, PyObject *arg)
+{
+    unsigned long long cutoff = PyLong_AsUnsignedLongLong(arg);
+    if (cutoff == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (check_idle(self, 1) < 0) {
+        return NULL;
+    }
+    uint32_t kept = 0, dropped = 0;
+    uint64_t keys = 0;
+    for (uint32_t i = 0; i < self->nhours; i++) {
+        Hour *h = self->hours[i];
+        if (h->hour < cutoff) {
+            keys += h->len;
+            hour_free(h);
+            dropped++;
+        }
+        else {
+            self->hours[kept++] = h;
+        }
+    }
+    if (dropped > 0) {
+        self->nhours = kept;
+        self->keys -= keys;
+        /* Clear and refill the slots in place: cannot fail, unlike a smaller allocation. */
+        memset(self->hour_slots, 0, ((size_t)self->hour_mask + 1) * sizeof(Slot));
+        for (uint32_t i = 0; i < kept; i++) {
+            slot_put(self->hour_slots, self->hour_mask, i,
+                     short_hash(hash_hour(self->hours[i]->hour)));
+        }
+    }
+    return Py_BuildValue("IK", dropped, (unsigned long long)keys);
+}
+
+PyDoc_STRVAR(key_count_doc, "key_count(hour) -> number of keys the hour holds");
+
+static PyObject *
+HourTables_key_count(HourTables *self, PyObject *arg)
+{
+    int error;
+    const Hour *h = lookup_hour(self, arg, &error);
+    if (error) {
+        return NULL;
+    }
+    return PyLong_FromUnsignedLong(h != NULL ? h->len : 0);
+}
+
+static Py_ssize_t
+HourTables_len(HourTables *self)
+{
+    return self->nhours;
+}
+
+static PyObject *
+HourTables_get_keys(HourTables *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->keys);
+}
+
+static PyObject *
+HourTables_get_newest(HourTables *self, void *Py_UNUSED(closure))
+{
+    if (self->nhours == 0) {
+        return PyLong_FromLong(-1);
+    }
+    uint64_t newest = 0;
+    for (uint32_t i = 0; i < self->nhours; i++) {
+        if (self->hours[i]->hour > newest) {
+            newest = self->hours[i]->hour;
+        }
+    }
+    return PyLong_FromUnsignedLongLong(newest);
+}
+
+static PyObject *
+HourTables_get_nbytes(HourTables *self, void *Py_UNUSED(closure))
+{
+    size_t n = sizeof(HourTables) + (size_t)self->hours_cap * sizeof(Hour *);
+    if (self->hour_slots != NULL) {
+        n += ((size_t)self->hour_mask + 1) * sizeof(Slot);
+    }
+    for (uint32_t i = 0; i < self->nhours; i++) {
+        n += hour_nbytes(self->hours[i]);
+    }
+    return PyLong_FromSize_t(n);
+}
+
+static PyMethodDef HourTables_methods[] = {
+    {"merge", (PyCFunction)(void (*)(void))HourTables_merge, METH_VARARGS | METH_KEYWORDS,
+     merge_doc},
+    {"merge_rows", (PyCFunction)HourTables_merge_rows, METH_VARARGS, merge_rows_doc},
+    {"rows", (PyCFunction)HourTables_rows, METH_O, rows_doc},
+    {"encode", (PyCFunction)HourTables_encode, METH_O, encode_doc},
+    {"hours", (PyCFunction)HourTables_hours, METH_NOARGS, hours_doc},
+    {"drop_before", (PyCFunction)HourTables_drop_before, METH_O, drop_before_doc},
+    {"key_count", (PyCFunction)HourTables_key_count, METH_O, key_count_doc},
+    {"scan", (PyCFunction)HourTables_scan, METH_VARARGS, scan_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef HourTables_getset[] = {
+    {"keys", (getter)HourTables_get_keys, NULL, "key-hours held, summed over hours", NULL},
+    {"newest", (getter)HourTables_get_newest, NULL, "the highest hour held, or -1", NULL},
+    {"nbytes", (getter)HourTables_get_nbytes, NULL, "bytes of memory the tables hold", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods HourTables_as_sequence = {
+    .sq_length = (lenfunc)HourTables_len,
+};
+
+PyDoc_STRVAR(HourTables_doc,
+"HourTables()\n\n"
+"The summed flows of one partition: hour -> (src_app, dest_app, vpc_id) -> (bytes_tx,\n"
+"bytes_rx). len() is the number of hours held. Not thread-safe: the owner's lock serialises\n"
+"merge and drop_before against every other call.");
+
+static PyTypeObject HourTables_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flowagg.store.table.HourTables",
+    .tp_basicsize = sizeof(HourTables),
+    .tp_dealloc = (destructor)HourTables_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = HourTables_doc,
+    .tp_methods = HourTables_methods,
+    .tp_getset = HourTables_getset,
+    .tp_as_sequence = &HourTables_as_sequence,
+    .tp_new = HourTables_new,
+};
+
+PyDoc_STRVAR(module_doc,
+"The hour tables of a partition and the per-flow work on batches, in C (see table.c).");
+
+static struct PyModuleDef table_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "flowagg.store.table",
+    .m_doc = module_doc,
+    .m_size = -1,
+    .m_methods = records_functions,
+};
+
+PyMODINIT_FUNC
+PyInit_table(void)
+{
+    if (hash_seed[0] == 0) {
+        if (getrandom(hash_seed, sizeof(hash_seed), 0) != (ssize_t)sizeof(hash_seed)) {
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        hash_start = hash_seed[0] ^ mum(hash_seed[0] ^ hash_seed[1], hash_seed[2]);
+    }
+    if (records_init() < 0) {
+        return NULL;
+    }
+    if (PyType_Ready(&HourTables_Type) < 0 || PyType_Ready(&Groups_Type) < 0) {
+        return NULL;
+    }
+    PyObject *module = PyModule_Create(&table_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(module, "HourTables", (PyObject *)&HourTables_Type) < 0
+        || PyModule_AddObjectRef(module, "Groups", (PyObject *)&Groups_Type) < 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
+}

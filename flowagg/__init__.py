@@ -33,10 +33,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(settings)
     # Werkzeug answers 413 for larger bodies before reading them.
     app.config["MAX_CONTENT_LENGTH"] = app.config["FLOWAGG_MAX_BODY_BYTES"]
-    logs.configure(app.config["FLOWAGG_LOG_FORMAT"], app.config["FLOWAGG_LOG_LEVEL"])
+    log_buffer = logs.configure(
+        app.config["FLOWAGG_LOG_FORMAT"],
+        app.config["FLOWAGG_LOG_LEVEL"],
+        app.config["FLOWAGG_LOG_BUFFER_BYTES"],
+    )
     log.info("starting", extra={"fields": dict(settings)})
 
     metrics = Metrics()
+    metrics.watch_log(log_buffer)
     if app.config["FLOWAGG_DATA_DIR"] is None:
         store = PartitionedStore(
             partitions=app.config["FLOWAGG_PARTITIONS"],
@@ -50,5 +55,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     metrics.watch(store)
     app.extensions["flowagg"] = store
     app.extensions["flowagg.metrics"] = metrics
+    app.extensions["flowagg.access"] = logs.AccessLog(log_buffer, app.config["FLOWAGG_LOG_FORMAT"])
     web.register(app)
     return app

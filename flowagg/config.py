@@ -131,6 +131,13 @@ SETTINGS = (
         "Least severe level logged; request lines are info.",
     ),
     Setting(
+        "FLOWAGG_LOG_BUFFER_BYTES",
+        8 * 1024 * 1024,
+        _int_at_least(1024),
+        "Log lines held for the log writer; beyond this (stderr stuck) lines are dropped and"
+        " counted, never a request delayed.",
+    ),
+    Setting(
         "FLOWAGG_READ_TIMEOUT_MS",
         10_000,
         _int_at_least(1),

@@ -7,7 +7,8 @@ path pays nothing for it. No label carries a flow key: cardinality is bounded by
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -68,6 +69,30 @@ class Metrics:
 
     def watch(self, store: FlowStore) -> None:
         self.registry.register(StoreCollector(store))
+
+    def watch_log(self, log: Dropping) -> None:
+        """Export how many log lines ``log`` (logs.LogBuffer) dropped, read at scrape time."""
+        self.registry.register(
+            CounterCollector(
+                "flowagg_log_lines_dropped",
+                "Log lines dropped because the log writer could not keep up",
+                lambda: log.dropped,
+            )
+        )
+
+
+class Dropping(Protocol):
+    dropped: int
+
+
+class CounterCollector(Collector):
+    """One counter whose value is read at scrape time."""
+
+    def __init__(self, name: str, documentation: str, value: Callable[[], float]) -> None:
+        self.name, self.documentation, self.value = name, documentation, value
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.value())
 
 
 class StoreCollector(Collector):

@@ -45,6 +45,26 @@ def app(store_config) -> Iterator[Flask]:
 
 
 @pytest.fixture
+def make_app(store_config):
+    """Create apps with a given config, in memory and durable alike (each durable app in a
+    directory of its own); every store is closed on teardown."""
+    apps = []
+
+    def make(**config):
+        own = dict(store_config)
+        if "FLOWAGG_DATA_DIR" in own:
+            own["FLOWAGG_DATA_DIR"] += f"-{len(apps)}"
+        base = {"FLOWAGG_PARTITIONS": 4, "FLOWAGG_BUFFER_CAPACITY": 1024, **own}
+        app = create_app({**base, **config})
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        assert app.extensions["flowagg"].close(WAIT_TIMEOUT)
+
+
+@pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
 

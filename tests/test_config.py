@@ -14,6 +14,7 @@ def test_defaults():
         "FLOWAGG_READY_BUFFER_PERCENT": 90,
         "FLOWAGG_LOG_FORMAT": "text",
         "FLOWAGG_LOG_LEVEL": "info",
+        "FLOWAGG_LOG_BUFFER_BYTES": 8 * 1024 * 1024,
         "FLOWAGG_READ_TIMEOUT_MS": 10_000,
         "FLOWAGG_DATA_DIR": None,
         "FLOWAGG_FSYNC": "always",

@@ -1,35 +1,14 @@
-"""Health, readiness, metrics, backpressure, retention and request logs."""
+"""Health, readiness, metrics, backpressure and retention."""
 
 import gc
 import json
 import threading
 import tracemalloc
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flowagg import create_app
 from tests.conftest import WAIT_TIMEOUT, Flows, Stall, flow, wait_until
-
-
-@pytest.fixture
-def make_app(store_config):
-    """Create apps with a given config, in memory and durable alike (each durable app in a
-    directory of its own); every store is closed on teardown."""
-    apps = []
-
-    def make(**config):
-        own = dict(store_config)
-        if "FLOWAGG_DATA_DIR" in own:
-            own["FLOWAGG_DATA_DIR"] += f"-{len(apps)}"
-        base = {"FLOWAGG_PARTITIONS": 4, "FLOWAGG_BUFFER_CAPACITY": 1024, **own}
-        app = create_app({**base, **config})
-        apps.append(app)
-        return app
-
-    yield make
-    for app in apps:
-        assert app.extensions["flowagg"].close(WAIT_TIMEOUT)
 
 
 def scrape(client) -> dict:
@@ -302,74 +281,6 @@ def test_memory_stays_flat_while_hours_advance(make_app):
     assert stats.hours == 4 and stats.keys == 4 * 20
     # 2,000 more hours of data; what stays allocated must not grow with them.
     assert late - early < 64 * 1024, f"grew by {late - early} bytes"
-
-
-# -- request log -------------------------------------------------------------------------------
-
-
-def log_lines(capsys) -> list[dict]:
-    return [
-        json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
-    ]
-
-
-def test_one_json_log_line_per_request_with_request_id(make_app, capsys):
-    app = make_app(FLOWAGG_LOG_FORMAT="json")
-    client = app.test_client()
-    capsys.readouterr()
-    response = client.post(
-        "/flows", data=json.dumps([flow(), flow()]), headers={"X-Request-ID": "agent-7.batch-42"}
-    )
-    assert response.headers["X-Request-ID"] == "agent-7.batch-42"
-    [line] = [entry for entry in log_lines(capsys) if entry["logger"] == "flowagg.access"]
-    assert line["level"] == "info"
-    assert {k: line[k] for k in ("method", "path", "status", "accepted", "request_id")} == {
-        "method": "POST",
-        "path": "/flows",
-        "status": 200,
-        "accepted": 2,
-        "request_id": "agent-7.batch-42",
-    }
-    assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
-
-
-@pytest.mark.parametrize("given", [None, "", "has spaces", "x" * 129, 'quote"s'])
-def test_missing_or_unusable_request_id_is_generated(make_app, capsys, given):
-    app = make_app(FLOWAGG_LOG_FORMAT="json")
-    headers = {} if given is None else {"X-Request-ID": given}
-    capsys.readouterr()
-    response = app.test_client().get("/flows?hour=1", headers=headers)
-    rid = response.headers["X-Request-ID"]
-    assert len(rid) == 32 and int(rid, 16) >= 0
-    [line] = [e for e in log_lines(capsys) if e["logger"] == "flowagg.access"]
-    assert (line["request_id"], line["status"]) == (rid, 200)
-    assert "accepted" not in line
-
-
-def test_error_responses_are_logged_too(make_app, capsys):
-    app = make_app(FLOWAGG_LOG_FORMAT="json")
-    capsys.readouterr()
-    app.test_client().get("/flows?hour=-1")
-    [line] = [e for e in log_lines(capsys) if e["logger"] == "flowagg.access"]
-    assert (line["path"], line["status"]) == ("/flows", 400)
-
-
-def test_text_log_line(make_app, capsys):
-    app = make_app(FLOWAGG_LOG_FORMAT="text")
-    capsys.readouterr()
-    app.test_client().post("/flows", data="[]", headers={"X-Request-ID": "r1"})
-    [line] = [x for x in capsys.readouterr().err.splitlines() if " flowagg.access " in x]
-    assert " info flowagg.access request method=POST path=/flows status=200 " in line
-    assert line.endswith(" request_id=r1 accepted=0")
-
-
-def test_startup_logs_the_effective_configuration_once(capsys, make_app):
-    capsys.readouterr()
-    make_app(FLOWAGG_LOG_FORMAT="json", FLOWAGG_RETENTION_HOURS=48)
-    lines = [e for e in log_lines(capsys) if e["msg"] == "starting"]
-    assert len(lines) == 1
-    assert lines[0]["FLOWAGG_RETENTION_HOURS"] == 48
-    assert lines[0]["FLOWAGG_PARTITIONS"] == 4
 
 
 # -- with a data directory ---------------------------------------------------------------------

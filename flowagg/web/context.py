@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from flask import current_app
 
+from flowagg.logs import AccessLog
 from flowagg.metrics import Metrics
 from flowagg.store.base import FlowStore
 
@@ -18,3 +19,7 @@ def get_store() -> FlowStore:
 
 def get_metrics() -> Metrics:
     return current_app.extensions["flowagg.metrics"]
+
+
+def get_access_log() -> AccessLog:
+    return current_app.extensions["flowagg.access"]

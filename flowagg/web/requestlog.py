@@ -1,16 +1,19 @@
-"""Request ids and the access log: one ``flowagg.access`` line per request, at info."""
+"""Request ids and the access log: one ``flowagg.access`` line per request, at info.
+
+The line is built from its fields and handed to the log buffer (logs.py); the request thread
+never writes it itself.
+"""
 
 from __future__ import annotations
 
 import itertools
-import logging
 import re
 import time
 import uuid
 
 from flask import Blueprint, Response, g, request
 
-access_log = logging.getLogger("flowagg.access")
+from flowagg.web.context import get_access_log
 
 # Registers no route, only hooks around every request of the app.
 bp = Blueprint("requestlog", __name__)
@@ -37,7 +40,8 @@ def start_request() -> None:
 def log_request(response: Response) -> Response:
     ctx, req = g._get_current_object(), request._get_current_object()
     response.headers["X-Request-ID"] = ctx.request_id
-    if access_log.isEnabledFor(logging.INFO):
+    access_log = get_access_log()
+    if access_log.enabled:
         fields = {
             "method": req.method,
             "path": req.path,
@@ -48,5 +52,5 @@ def log_request(response: Response) -> Response:
         accepted = getattr(ctx, "accepted", None)  # set by POST /flows
         if accepted is not None:
             fields["accepted"] = accepted
-        access_log.info("request", extra={"fields": fields})
+        access_log.write(fields)
     return response

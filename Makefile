@@ -23,7 +23,7 @@ $(BIN)/activate: requirements.txt
 	touch $@
 
 $(NATIVE): $(BIN)/activate pyproject.toml $(NATIVE_SOURCES)
-	$(BIN)/pip install --quiet --no-deps -e .
+	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
 run: $(NATIVE)

@@ -48,6 +48,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             buffer_capacity=app.config["FLOWAGG_BUFFER_CAPACITY"],
             retention_hours=app.config["FLOWAGG_RETENTION_HOURS"],
             on_drain=metrics.observe_drain,
+            max_query_rows=app.config["FLOWAGG_MAX_QUERY_ROWS"],
         )
     else:  # replays the log before returning, so traffic is accepted only after recovery
         store = open_durable_store(app.config, metrics)

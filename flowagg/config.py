@@ -143,6 +143,18 @@ SETTINGS = (
         _int_at_least(1),
         "How long a GET waits for its partition to apply earlier POSTs before answering 503.",
     ),
+    Setting(
+        "FLOWAGG_MAX_QUERY_HOURS",
+        744,
+        _int_at_least(1),
+        "Most hours one range query (GET /flows/top, /flows/series) may span (744: 31 days).",
+    ),
+    Setting(
+        "FLOWAGG_MAX_QUERY_ROWS",
+        50_000_000,
+        _int_at_least(1),
+        "Most key-hours one range query may scan; a larger one is refused (422) before any work.",
+    ),
     # Durability (flowagg/store/durable/); all but the first matter only when a data dir is set.
     Setting(
         "FLOWAGG_DATA_DIR",

@@ -16,6 +16,8 @@ def test_defaults():
         "FLOWAGG_LOG_LEVEL": "info",
         "FLOWAGG_LOG_BUFFER_BYTES": 8 * 1024 * 1024,
         "FLOWAGG_READ_TIMEOUT_MS": 10_000,
+        "FLOWAGG_MAX_QUERY_HOURS": 744,
+        "FLOWAGG_MAX_QUERY_ROWS": 50_000_000,
         "FLOWAGG_DATA_DIR": None,
         "FLOWAGG_FSYNC": "always",
         "FLOWAGG_FSYNC_INTERVAL_MS": 1000,

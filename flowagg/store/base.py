@@ -8,7 +8,7 @@ picks one. Everything here is plain data and exceptions: no store code.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from flowagg.schema import Flow
@@ -47,6 +47,81 @@ class Expired(ValueError):
             f"$[{index}].hour: hour {hour} is outside the retention window"
             f" [{oldest}, {newest}]; older hours are no longer kept"
         )
+
+
+class QueryTooLarge(Exception):
+    """A query would scan more key-hours than the store's limit; nothing was scanned (422)."""
+
+    def __init__(self, rows: int, limit: int) -> None:
+        super().__init__(
+            f"the query would scan {rows} key-hours, more than FLOWAGG_MAX_QUERY_ROWS={limit};"
+            " narrow the range"
+        )
+        self.rows, self.limit = rows, limit
+
+
+# -- queries over a range of hours -------------------------------------------------------------
+
+NAME_FIELDS = ("src_app", "dest_app", "vpc_id")
+ORDERS = ("bytes", "bytes_tx", "bytes_rx")  # bytes: bytes_tx + bytes_rx
+
+Names = tuple[str, ...]  # a group's names, in the order of Query.by
+Sums = tuple[int, int]  # (bytes_tx, bytes_rx)
+
+
+@dataclass(frozen=True)
+class Summary:
+    groups: int
+    bytes_tx: int
+    bytes_rx: int
+
+
+@dataclass(frozen=True)
+class Query:
+    """The top groups of the hours ``start`` to ``end`` (inclusive), summed across them.
+
+    A group is the names of the fields in ``by``; ``filters`` holds, per name field (in
+    NAME_FIELDS order), None for any name or the names kept (values of one field are ORed,
+    fields are ANDed). Groups rank by ``order``, largest first, ties by their names ascending.
+    """
+
+    start: int
+    end: int
+    by: Names = NAME_FIELDS
+    filters: tuple[Names | None, Names | None, Names | None] = (None, None, None)
+    order: str = "bytes"
+    limit: int = 10
+
+    @property
+    def hours(self) -> range:
+        return range(self.start, self.end + 1)
+
+
+@dataclass(frozen=True)
+class Top:
+    rows: list[tuple]  # (names in `by` order..., bytes_tx, bytes_rx), largest first
+    other: Summary  # every matching group not in rows, together
+    total: Summary  # every matching group
+
+
+@dataclass(frozen=True)
+class HourSeries:
+    hour: int
+    values: list[Sums]  # per group of Series.groups, in that order
+    other: Sums  # every other matching group of the hour
+
+
+@dataclass(frozen=True)
+class Series:
+    groups: list[Names]  # the top groups over the whole range, in rank order
+    hours: list[HourSeries] = field(default_factory=list)  # every hour of the range, ascending
+
+
+@dataclass(frozen=True)
+class HoursHeld:
+    count: int
+    oldest: int | None
+    newest: int | None
 
 
 @dataclass(frozen=True)
@@ -100,6 +175,19 @@ class FlowStore(Protocol):
     def read_hour_json(self, hour: int, timeout: float | None = None) -> bytes:
         """``read_hour`` as the JSON answer of GET /flows: an array of objects with src_app,
         dest_app, vpc_id, bytes_tx, bytes_rx and hour, as ``schema.encode`` writes Flows."""
+
+    def top(self, query: Query, timeout: float | None = None) -> Top:
+        """The top groups of ``query``, counting every batch ingested before the call.
+
+        Raises ``QueryTooLarge`` before any work if the range holds too many key-hours, and
+        ``ReadTimeout`` as ``read_hour``.
+        """
+
+    def series(self, query: Query, timeout: float | None = None) -> Series:
+        """``top``'s groups, and their sums in each hour of the range."""
+
+    def hours_held(self, timeout: float | None = None) -> HoursHeld:
+        """How many hours hold data, and the oldest and newest of them."""
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything ingested so far is applied."""

@@ -17,8 +17,19 @@ import threading
 from collections.abc import Sequence
 
 from flowagg.schema import Flow
-from flowagg.store import table
-from flowagg.store.base import Closed, Expired, Overloaded, Row, StoreStats
+from flowagg.store import query, table
+from flowagg.store.base import (
+    Closed,
+    Expired,
+    HoursHeld,
+    Overloaded,
+    Query,
+    QueryTooLarge,
+    Row,
+    Series,
+    StoreStats,
+    Top,
+)
 from flowagg.store.partition import DrainObserver, Partition
 from flowagg.store.ringbuffer import Closed as BufferClosed
 from flowagg.store.ringbuffer import Full, deadline_after, remaining
@@ -36,11 +47,13 @@ class PartitionedStore:
         retention_hours: int | None = None,
         on_drain: DrainObserver | None = None,
         start: bool = True,
+        max_query_rows: int | None = None,
     ) -> None:
         if partitions < 1:
             raise ValueError("partitions must be at least 1")
         self.partitions = [Partition(i, buffer_capacity, on_drain) for i in range(partitions)]
         self.retention_hours = retention_hours
+        self.max_query_rows = max_query_rows  # key-hours one query may scan; None: any
         # Guards _newest_hour and _hours_dropped (retention bookkeeping only).
         self._window_lock = threading.Lock()
         self._newest_hour = -1
@@ -173,6 +186,52 @@ class PartitionedStore:
         deadline = deadline_after(timeout)
         for partition in self.partitions:
             partition.flush(remaining(deadline))
+
+    # -- range queries (query.py) ----------------------------------------------------------
+
+    def top(self, query_: Query, timeout: float | None = None) -> Top:
+        self._prepare(query_, timeout)
+        return query.top(query_, self._scanner(query_))
+
+    def series(self, query_: Query, timeout: float | None = None) -> Series:
+        self._prepare(query_, timeout)
+        return query.series(query_, self._scanner(query_))
+
+    def hours_held(self, timeout: float | None = None) -> HoursHeld:
+        self.flush(timeout)
+        hours = [hour for p in self.partitions for hour in p.hours()]
+        return HoursHeld(len(hours), min(hours, default=None), max(hours, default=None))
+
+    def _touched(self, hours: range) -> list[Partition]:
+        """The partitions holding some hour of ``hours``."""
+        n = len(self.partitions)
+        if len(hours) >= n:
+            return self.partitions
+        return [self.partitions[i] for i in sorted({hour % n for hour in hours})]
+
+    def _prepare(self, query_: Query, timeout: float | None) -> None:
+        """Wait for every partition of the range to apply what was ingested before the call
+        (strong consistency); refuse, before any scan, a query over too many key-hours."""
+        deadline = deadline_after(timeout)
+        touched = self._touched(query_.hours)
+        for partition in touched:
+            partition.flush(remaining(deadline))
+        if self.max_query_rows is not None:
+            rows = sum(p.key_count(self._hours_of(p, query_.hours)) for p in touched)
+            if rows > self.max_query_rows:
+                raise QueryTooLarge(rows, self.max_query_rows)
+
+    def _hours_of(self, partition: Partition, hours: range) -> range:
+        """The hours of ``hours`` that live in ``partition``."""
+        n = len(self.partitions)
+        return range(hours.start + (partition.index - hours.start) % n, hours.stop, n)
+
+    def _scanner(self, query_: Query) -> query.Scan:
+        def scan(hours: range, groups: table.Groups) -> None:
+            for partition in self._touched(hours):
+                partition.scan(self._hours_of(partition, hours), groups, query_.filters)
+
+        return scan
 
     def stats(self) -> StoreStats:
         with self._window_lock:

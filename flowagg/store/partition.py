@@ -23,7 +23,7 @@ from flowagg.schema import Flow
 from flowagg.store.base import PartitionStats, ReadTimeout, Row
 from flowagg.store.ringbuffer import RingBuffer, deadline_after, remaining
 from flowagg.store.rwlock import RWLock
-from flowagg.store.table import HourTables
+from flowagg.store.table import Groups, HourTables
 
 log = logging.getLogger("flowagg.partition")
 
@@ -157,6 +157,23 @@ class Partition:
         self.flush(timeout)
         with self.lock.read_lock():
             return self._tables.encode(hour)
+
+    def scan(self, hours: Sequence[int], groups: Groups, filters: tuple) -> None:
+        """Add the rows of ``hours`` that pass ``filters`` to ``groups`` (table.c), under the
+        read lock; the caller has waited for what it must count (``flush``)."""
+        with self.lock.read_lock():
+            for hour in hours:
+                self._tables.scan(hour, groups, filters)
+
+    def key_count(self, hours: Sequence[int]) -> int:
+        """Key-hours held in ``hours``."""
+        with self.lock.read_lock():
+            return sum(map(self._tables.key_count, hours))
+
+    def hours(self) -> list[int]:
+        """The hours held, ascending."""
+        with self.lock.read_lock():
+            return self._tables.hours()
 
     def expire_before(self, cutoff: int) -> int:
         """Drop every hour below ``cutoff`` and refuse to recreate them; returns hours dropped."""

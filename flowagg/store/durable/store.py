@@ -25,7 +25,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowagg.schema import Flow
-from flowagg.store.base import Closed, KeyReused, Row, StoreStats, Unavailable
+from flowagg.store.base import (
+    Closed,
+    HoursHeld,
+    KeyReused,
+    Query,
+    Row,
+    Series,
+    StoreStats,
+    Top,
+    Unavailable,
+)
 from flowagg.store.durable.compaction import SNAPSHOT_DRAIN_TIMEOUT_S, Compactor, Cut
 from flowagg.store.durable.directory import lock_directory
 from flowagg.store.durable.idempotency import IdempotencyKeys, KeyEntry
@@ -63,9 +73,15 @@ class DurableStore:
         on_fsync: Callable[[float], None] | None = None,
         start: bool = True,
         clock: Callable[[], float] = time.time,
+        max_query_rows: int | None = None,
     ) -> None:
         self.memory = PartitionedStore(
-            partitions, buffer_capacity, retention_hours, on_drain, start=False
+            partitions,
+            buffer_capacity,
+            retention_hours,
+            on_drain,
+            start=False,
+            max_query_rows=max_query_rows,
         )
         self.directory = Path(directory)
         self.snapshot_bytes = snapshot_bytes
@@ -126,6 +142,15 @@ class DurableStore:
 
     def read_hour_json(self, hour: int, timeout: float | None = None) -> bytes:
         return self.memory.read_hour_json(hour, timeout)
+
+    def top(self, query: Query, timeout: float | None = None) -> Top:
+        return self.memory.top(query, timeout)
+
+    def series(self, query: Query, timeout: float | None = None) -> Series:
+        return self.memory.series(query, timeout)
+
+    def hours_held(self, timeout: float | None = None) -> HoursHeld:
+        return self.memory.hours_held(timeout)
 
     def flush(self, timeout: float | None = None) -> None:
         self.memory.flush(timeout)
@@ -326,4 +351,5 @@ def open_durable_store(config: Mapping[str, Any], metrics: Metrics | None = None
         retention_hours=config["FLOWAGG_RETENTION_HOURS"],
         on_drain=metrics.observe_drain if metrics else None,
         on_fsync=metrics.fsync_seconds.observe if metrics else None,
+        max_query_rows=config["FLOWAGG_MAX_QUERY_ROWS"],
     )

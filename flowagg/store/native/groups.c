@@ -47,6 +47,10 @@ typedef struct {
     size_t scratch_cap;
     uint64_t scanned;     /* rows looked at by scans into this Groups */
     int busy;             /* 1 while a scan fills it without the GIL */
+    /* Fixed groups (made with `keys`): no group is added by a scan; what matches none of the
+     * given groups is summed here, with how many distinct groups it came from unknown. */
+    int fixed;
+    u128 rest[2];
 } Groups;
 
 /* -- the table of groups ---------------------------------------------------------------------- */
@@ -166,7 +170,8 @@ groups_find_or_add(Groups *g, uint32_t length, uint32_t hash)
 
 enum { ADD_OK = 0, ADD_NO_MEMORY = -1, ADD_OVERFLOW = -2 };
 
-/* Add sums to the group of the given names (indexed by field). */
+/* Add sums to the group of the given names (indexed by field); to `rest` if the groups are
+ * fixed and these names are not one of them. */
 static int
 groups_add(Groups *g, const char *const name[3], const uint32_t length[3], const u128 count[2])
 {
@@ -175,12 +180,20 @@ groups_add(Groups *g, const char *const name[3], const uint32_t length[3], const
     if (encoded < 0) {
         return ADD_NO_MEMORY;
     }
-    GroupEntry *e = groups_find_or_add(g, (uint32_t)encoded, short_hash(hash));
-    if (e == NULL) {
-        return ADD_NO_MEMORY;
+    u128 *sums;
+    if (g->fixed) {
+        GroupEntry *e = groups_find(g, g->scratch, (uint32_t)encoded, short_hash(hash));
+        sums = e != NULL ? e->count : g->rest;
+    }
+    else {
+        GroupEntry *e = groups_find_or_add(g, (uint32_t)encoded, short_hash(hash));
+        if (e == NULL) {
+            return ADD_NO_MEMORY;
+        }
+        sums = e->count;
     }
     for (int c = 0; c < 2; c++) {
-        if (__builtin_add_overflow(e->count[c], count[c], &e->count[c])) {
+        if (__builtin_add_overflow(sums[c], count[c], &sums[c])) {
             return ADD_OVERFLOW;
         }
     }
@@ -387,12 +400,15 @@ HourTables_scan(HourTables *self, PyObject *args)
 
 /* -- Groups: creation and reading ------------------------------------------------------------- */
 
+static int groups_encode_key(Groups *g, PyObject *key, uint64_t *hash, int64_t *encoded);
+
 static PyObject *
 Groups_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"by", NULL};
-    PyObject *by;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!:Groups", kwlist, &PyTuple_Type, &by)) {
+    static char *kwlist[] = {"by", "keys", NULL};
+    PyObject *by, *keys = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!|O:Groups", kwlist, &PyTuple_Type, &by,
+                                     &keys)) {
         return NULL;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(by);
@@ -427,6 +443,31 @@ Groups_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     }
     g->nby = (int)n;
     memcpy(g->by, fields, sizeof(int) * n);
+    if (keys == Py_None) {
+        return (PyObject *)g;
+    }
+    /* Fixed groups: add each key (a tuple of names) once, in the order given. */
+    PyObject *seq = PySequence_Fast(keys, "keys must be a sequence of tuples of names");
+    if (seq == NULL) {
+        Py_DECREF(g);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        uint64_t hash;
+        int64_t encoded;
+        if (groups_encode_key(g, PySequence_Fast_GET_ITEM(seq, i), &hash, &encoded) < 0) {
+            Py_DECREF(seq);
+            Py_DECREF(g);
+            return NULL;
+        }
+        if (groups_find_or_add(g, (uint32_t)encoded, short_hash(hash)) == NULL) {
+            Py_DECREF(seq);
+            Py_DECREF(g);
+            return PyErr_NoMemory();
+        }
+    }
+    Py_DECREF(seq);
+    g->fixed = 1;
     return (PyObject *)g;
 }
 
@@ -671,6 +712,43 @@ Groups_top(Groups *g, PyObject *args)
     return result;
 }
 
+/* Encode a key given from Python (a tuple of str, in the order grouped by) into the scratch
+ * buffer; 0, or -1 with an exception set. */
+static int
+groups_encode_key(Groups *g, PyObject *key, uint64_t *hash, int64_t *encoded)
+{
+    if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != g->nby) {
+        PyErr_SetString(PyExc_TypeError, "each key is a tuple of the names grouped by");
+        return -1;
+    }
+    const char *name[3] = {NULL, NULL, NULL};
+    uint32_t length[3] = {0, 0, 0};
+    for (int j = 0; j < g->nby; j++) {
+        PyObject *s = PyTuple_GET_ITEM(key, j);
+        if (!PyUnicode_Check(s)) {
+            PyErr_SetString(PyExc_TypeError, "names must be str");
+            return -1;
+        }
+        Py_ssize_t len;
+        const char *bytes = PyUnicode_AsUTF8AndSize(s, &len);
+        if (bytes == NULL) {
+            return -1;
+        }
+        if ((size_t)len > MAX_NAME_LENGTH) {
+            PyErr_SetString(PyExc_ValueError, "name too long");
+            return -1;
+        }
+        name[g->by[j]] = bytes;
+        length[g->by[j]] = (uint32_t)len;
+    }
+    *encoded = encode_names(g, name, length, hash);
+    if (*encoded < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(values_doc,
 "values(keys) -> list of (bytes_tx, bytes_rx)\n\n"
 "The sums of the given groups (tuples of names in the order grouped by); (0, 0) for a group\n"
@@ -689,35 +767,9 @@ Groups_values(Groups *g, PyObject *keys)
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject *out = PyList_New(n);
     for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
-        PyObject *key = PySequence_Fast_GET_ITEM(seq, i);
-        if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != g->nby) {
-            PyErr_SetString(PyExc_TypeError, "each key is a tuple of the names grouped by");
-            Py_CLEAR(out);
-            break;
-        }
-        const char *name[3] = {NULL, NULL, NULL};
-        uint32_t length[3] = {0, 0, 0};
-        int bad = 0;
-        for (int j = 0; j < g->nby && !bad; j++) {
-            PyObject *s = PyTuple_GET_ITEM(key, j);
-            Py_ssize_t len;
-            const char *bytes = PyUnicode_Check(s) ? PyUnicode_AsUTF8AndSize(s, &len) : NULL;
-            if (bytes == NULL || (size_t)len > MAX_NAME_LENGTH) {
-                if (!PyErr_Occurred()) {
-                    PyErr_SetString(PyExc_TypeError, "names must be str");
-                }
-                bad = 1;
-                break;
-            }
-            name[g->by[j]] = bytes;
-            length[g->by[j]] = (uint32_t)len;
-        }
         uint64_t hash;
-        int64_t encoded = bad ? -1 : encode_names(g, name, length, &hash);
-        if (encoded < 0) {
-            if (!PyErr_Occurred()) {
-                PyErr_NoMemory();
-            }
+        int64_t encoded;
+        if (groups_encode_key(g, PySequence_Fast_GET_ITEM(seq, i), &hash, &encoded) < 0) {
             Py_CLEAR(out);
             break;
         }
@@ -741,7 +793,7 @@ Groups_get_total(Groups *g, void *Py_UNUSED(closure))
     if (check_groups_idle(g) < 0) {
         return NULL;
     }
-    u128 total[2] = {0, 0};
+    u128 total[2] = {g->rest[0], g->rest[1]};
     for (uint32_t i = 0; i < g->len; i++) {
         if (__builtin_add_overflow(total[0], g->entries[i].count[0], &total[0])
             || __builtin_add_overflow(total[1], g->entries[i].count[1], &total[1])) {
@@ -750,6 +802,16 @@ Groups_get_total(Groups *g, void *Py_UNUSED(closure))
         }
     }
     return summary(g->len, total[0], total[1]);
+}
+
+static PyObject *
+Groups_get_rest(Groups *g, void *Py_UNUSED(closure))
+{
+    PyObject *t = long_from_u128(g->rest[0]), *r = long_from_u128(g->rest[1]);
+    PyObject *result = t != NULL && r != NULL ? PyTuple_Pack(2, t, r) : NULL;
+    Py_XDECREF(t);
+    Py_XDECREF(r);
+    return result;
 }
 
 static PyObject *
@@ -786,7 +848,12 @@ static PyMethodDef Groups_methods[] = {
 };
 
 static PyGetSetDef Groups_getset[] = {
-    {"total", (getter)Groups_get_total, NULL, "(groups, bytes_tx, bytes_rx) of every group", NULL},
+    {"total", (getter)Groups_get_total, NULL,
+     "(groups, bytes_tx, bytes_rx) of every group (with fixed groups: groups given, and the sums"
+     " of all rows scanned)",
+     NULL},
+    {"rest", (getter)Groups_get_rest, NULL,
+     "(bytes_tx, bytes_rx) of the rows that matched none of the fixed groups", NULL},
     {"scanned", (getter)Groups_get_scanned, NULL, "rows looked at by scans", NULL},
     {"by", (getter)Groups_get_by, NULL, "the fields grouped by", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -797,9 +864,11 @@ static PySequenceMethods Groups_as_sequence = {
 };
 
 PyDoc_STRVAR(Groups_doc,
-"Groups(by)\n\n"
+"Groups(by, keys=None)\n\n"
 "Sums of flows per group, a group being the names of the fields in `by` (a tuple of\n"
-"'src_app', 'dest_app', 'vpc_id'); filled by HourTables.scan. len() is the number of groups.");
+"'src_app', 'dest_app', 'vpc_id'); filled by HourTables.scan. len() is the number of groups.\n"
+"With `keys` (tuples of names), the groups are those and no others: rows of any other group\n"
+"are summed in `rest`.");
 
 PyTypeObject Groups_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)

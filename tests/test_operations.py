@@ -386,6 +386,7 @@ def test_a_retry_of_an_applied_request_is_answered_even_when_it_could_not_be_tak
         flows.post([flow(hour=20)])  # hour 10 leaves the window [17, 20]
         response = client.post("/flows", data=body, headers=key)
         assert (response.status_code, response.get_json()) == (200, {"accepted": 1})
+        app.extensions["flowagg"].flush(WAIT_TIMEOUT)  # nothing of the above still queued
         stall = Stall(app.extensions["flowagg"].partitions[0])
         flows.post([flow(hour=20)])
         assert stall.entered.wait(WAIT_TIMEOUT)

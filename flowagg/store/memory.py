@@ -86,11 +86,26 @@ class PartitionedStore:
         """
         newest = self.check_hours(flows)
         parts = self.split(flows)
-        self.reserve(parts, timeout)
-        self.put_reserved(parts)
+        if len(parts) == 1:  # the usual batch: one partition, one wait for room and put
+            [(index, part)] = parts.items()
+            self._put_one(index, part, timeout)
+        else:
+            self.reserve(parts, timeout)
+            self.put_reserved(parts)
         if newest is not None:
             self.advance_window(newest)
         return len(flows)
+
+    def _put_one(self, index: int, part: list[Flow], timeout: float | None) -> None:
+        """Put a batch of one partition: what reserve and put_reserved do, under one lock."""
+        try:
+            self.partitions[index].buffer.put_many(part, timeout)
+        except Full:
+            raise Overloaded(
+                f"partition {index} had no room for {len(part)} flows within {timeout} s"
+            ) from None
+        except BufferClosed as exc:
+            raise Closed(str(exc)) from None
 
     def reserve(self, parts: dict[int, list[Flow]], timeout: float | None) -> None:
         """Hold room for every part in its buffer, or hold nothing and raise ``Overloaded``.

@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 import time
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, request
 
 from flowagg.schema import INT64_MAX, decode_flows
 from flowagg.store.base import MAX_KEY_LENGTH
 from flowagg.web.context import get_metrics, get_store
 from flowagg.web.errors import BadRequest, json_response
+from flowagg.web.requestlog import note_accepted
 
 bp = Blueprint("flows", __name__)
 
@@ -26,7 +27,8 @@ def _ms(setting: str) -> float:
 def post_flows() -> Response:
     # get_data() reads the raw body whatever the Content-Type (curl -d sends a form type) and
     # raises 413 before reading when Content-Length exceeds MAX_CONTENT_LENGTH.
-    key = parse_idempotency_key(request.headers.getlist("Idempotency-Key"))
+    given = request.environ.get("HTTP_IDEMPOTENCY_KEY")  # repeated headers arrive joined by ", "
+    key = parse_idempotency_key([] if given is None else [given])
     flows = decode_flows(request.get_data(cache=False))
     accepted = get_store().ingest(
         flows, timeout=_ms("FLOWAGG_ENQUEUE_TIMEOUT_MS"), idempotency_key=key
@@ -34,7 +36,7 @@ def post_flows() -> Response:
     metrics = get_metrics()
     metrics.requests_accepted.inc()
     metrics.flows_accepted.inc(accepted)
-    g.accepted = accepted  # for the request line (requestlog.py)
+    note_accepted(accepted)
     return json_response({"accepted": accepted})
 
 

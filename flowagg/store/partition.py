@@ -49,6 +49,9 @@ class Partition:
         # merges batches in, retention drops old hours.
         self.lock = RWLock()
         self._tables = HourTables()
+        # Key-hours in _tables, kept beside them (written under the write lock) so that the
+        # key budget can read it without the lock.
+        self.keys_held = 0
         self._cutoff = 0  # hours below this are expired: dropped, and never created again
         # Sequence number of the last flow in _tables; written under the write lock, so a copy
         # of the tables made under the read lock knows exactly which flows it holds.
@@ -107,7 +110,8 @@ class Partition:
         are skipped.
         """
         with self.lock.write_lock():
-            self._tables.merge(batch, self._cutoff)
+            _applied, new_keys = self._tables.merge(batch, self._cutoff)
+            self.keys_held += new_keys
             self._tables_seq = self._batch_seq
 
     def _publish(self, seq: int) -> None:
@@ -143,6 +147,11 @@ class Partition:
     def applied_seq(self) -> int:
         with self._progress:
             return self._applied_seq
+
+    def count_new(self, flows: Sequence[Flow]) -> int:
+        """Distinct (hour, key) pairs of ``flows`` the tables do not hold yet."""
+        with self.lock.read_lock():
+            return self._tables.count_new(flows)
 
     def wait_applied(self, seq: int, timeout: float | None = None) -> None:
         """Block until every flow up to sequence number ``seq`` is in the table."""
@@ -206,7 +215,8 @@ class Partition:
             if cutoff <= self._cutoff:
                 return 0
             self._cutoff = cutoff
-            hours, _keys = self._tables.drop_before(cutoff)
+            hours, keys = self._tables.drop_before(cutoff)
+            self.keys_held -= keys
             return hours
 
     def newest_hour(self) -> int:
@@ -239,12 +249,12 @@ class Partition:
     def load(self, hour: int, rows: Sequence[Row]) -> None:
         """Add already summed rows of ``hour`` (a snapshot) to the tables, bypassing the buffer."""
         with self.lock.write_lock():
-            self._tables.merge_rows(hour, rows)
+            self.keys_held += self._tables.merge_rows(hour, rows)
 
     def apply(self, flows: Sequence[Flow]) -> None:
         """Sum and merge ``flows`` now, bypassing the buffer (replaying a log at start-up)."""
         with self.lock.write_lock():
-            self._tables.merge(flows, self._cutoff)
+            self.keys_held += self._tables.merge(flows, self._cutoff)[1]
 
     # -- lifecycle -------------------------------------------------------------------------
 

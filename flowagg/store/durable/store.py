@@ -74,6 +74,9 @@ class DurableStore:
         start: bool = True,
         clock: Callable[[], float] = time.time,
         max_query_rows: int | None = None,
+        max_future_hours: int | None = None,
+        max_keys: int | None = None,
+        max_name_bytes: int | None = None,
     ) -> None:
         self.memory = PartitionedStore(
             partitions,
@@ -82,6 +85,10 @@ class DurableStore:
             on_drain,
             start=False,
             max_query_rows=max_query_rows,
+            max_future_hours=max_future_hours,
+            max_keys=max_keys,
+            max_name_bytes=max_name_bytes,
+            clock=clock,
         )
         self.directory = Path(directory)
         self.snapshot_bytes = snapshot_bytes
@@ -91,7 +98,7 @@ class DurableStore:
         try:
             self._keys = IdempotencyKeys(idempotency_ttl_s)
             recovered = recover(self.directory, self.memory, self._keys, self._clock())
-            self.memory.restore_window()
+            self.memory.expire()  # what the log held of hours that left the window since
             self._wal = WriteAheadLog(
                 self.directory, recovered.next_generation, fsync, fsync_interval_s, on_fsync
             )
@@ -131,9 +138,6 @@ class DurableStore:
 
     def partition_for(self, hour: int) -> Partition:
         return self.memory.partition_for(hour)
-
-    def window(self) -> tuple[int, int] | None:
-        return self.memory.window()
 
     # -- reads: the memory store answers them ------------------------------------------------
 
@@ -181,11 +185,17 @@ class DurableStore:
             if known is not None:
                 self._commit(known[0])
                 return known[1]
-        newest = self.memory.check_hours(flows)
+        flows = flows if isinstance(flows, list) else list(flows)
+        self.memory.check(flows)
         parts = self.memory.split(flows)
         # Room first, outside the gate: waiting for a drainer must not hold up other requests,
-        # and a request that gets no room must never reach the log.
-        self.memory.reserve(parts, timeout)
+        # and a request that gets no room (or would pass the key limit) never reaches the log.
+        estimates = self.memory.admit_keys(parts, timeout)
+        try:
+            self.memory.reserve(parts, timeout)
+        except BaseException:
+            self.memory.cancel_keys(estimates)
+            raise
         enqueued = False
         try:
             with self._gate:
@@ -200,7 +210,7 @@ class DurableStore:
                     return 0
                 else:
                     record, answer = self._append(payload), len(flows)
-                    self.memory.put_reserved(parts)
+                    seqs = self.memory.put_reserved(parts)
                     enqueued = True
                     if idempotency_key is not None:
                         self._keys.add(idempotency_key, KeyEntry(now, answer, fingerprint), now)
@@ -210,8 +220,10 @@ class DurableStore:
         finally:
             if not enqueued:
                 self.memory.cancel(parts)
-        if enqueued and newest is not None:
-            self.memory.advance_window(newest)
+                self.memory.cancel_keys(estimates)
+        if enqueued:
+            self.memory.queued_keys(seqs, estimates)
+            self.memory.expire()
         self._commit(record)
         return answer
 
@@ -338,7 +350,11 @@ class DurableStore:
         return ok
 
 
-def open_durable_store(config: Mapping[str, Any], metrics: Metrics | None = None) -> DurableStore:
+def open_durable_store(
+    config: Mapping[str, Any],
+    metrics: Metrics | None = None,
+    clock: Callable[[], float] = time.time,
+) -> DurableStore:
     """A durable store configured by the ``FLOWAGG_*`` settings (see config.py)."""
     return DurableStore(
         config["FLOWAGG_DATA_DIR"],
@@ -352,4 +368,8 @@ def open_durable_store(config: Mapping[str, Any], metrics: Metrics | None = None
         on_drain=metrics.observe_drain if metrics else None,
         on_fsync=metrics.fsync_seconds.observe if metrics else None,
         max_query_rows=config["FLOWAGG_MAX_QUERY_ROWS"],
+        max_future_hours=config["FLOWAGG_MAX_FUTURE_HOURS"],
+        max_keys=config["FLOWAGG_MAX_KEYS"],
+        max_name_bytes=config["FLOWAGG_MAX_NAME_BYTES"],
+        clock=clock,
     )

@@ -16,7 +16,16 @@ from prometheus_client.registry import Collector
 
 from flowagg.store.base import FlowStore
 
-REJECT_REASONS = ("invalid", "expired", "too_large", "overloaded", "unavailable")
+REJECT_REASONS = (
+    "invalid",
+    "expired",
+    "too_large",
+    "overloaded",
+    "unavailable",
+    "key_limit",
+    "unauthorized",
+    "forbidden",
+)
 
 
 class Metrics:
@@ -132,6 +141,12 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily(
             "flowagg_keys", "Rows held: distinct keys summed over hours", stats.keys
         )
+        if stats.keys_limit is not None:
+            yield GaugeMetricFamily(
+                "flowagg_keys_limit",
+                "FLOWAGG_MAX_KEYS: the key-hours the store may hold (POSTs past it get 429)",
+                stats.keys_limit,
+            )
         yield GaugeMetricFamily("flowagg_hours", "Hours held", stats.hours)
         if stats.log_bytes is not None:
             yield GaugeMetricFamily(

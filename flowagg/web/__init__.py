@@ -4,6 +4,7 @@
     ops.py         the ``ops`` blueprint: /healthz, /readyz, /metrics, /openapi.json
     errors.py      JSON answers; the app-wide error handlers (store exceptions -> statuses)
     requestlog.py  request ids and the access log line (a WSGI middleware)
+    guard.py       bearer tokens and roles, and no POSTs from other sites (a WSGI middleware)
     openapi.py     the OpenAPI 3.1 document
     context.py     the current app's store and metrics
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from flowagg.web import errors, flows, ops, requestlog
+from flowagg.web import errors, flows, guard, ops, requestlog
 from flowagg.web.context import get_access_log
 
 
@@ -23,4 +24,15 @@ def register(app: Flask) -> None:
     """Register the endpoints and error handlers on ``app``, and wrap it in the request log."""
     for blueprint in (flows.bp, ops.bp, errors.bp):
         app.register_blueprint(blueprint)
-    app.wsgi_app = requestlog.RequestLog(app.wsgi_app, get_access_log(app))
+    rejected = app.extensions["flowagg.metrics"].requests_rejected
+
+    def on_refused(reason: str) -> None:
+        rejected.labels(reason).inc()
+
+    guarded = guard.Guard(
+        app.wsgi_app,
+        app.extensions.get("flowagg.tokens"),
+        app.config["FLOWAGG_ALLOWED_ORIGINS"] or (),
+        on_refused,
+    )
+    app.wsgi_app = requestlog.RequestLog(guarded, get_access_log(app))

@@ -12,7 +12,16 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from flowagg.schema import InvalidBody, encode
-from flowagg.store.base import Closed, Expired, KeyReused, Overloaded, ReadTimeout, Unavailable
+from flowagg.store.base import (
+    Closed,
+    Expired,
+    InvalidRecord,
+    KeyLimit,
+    KeyReused,
+    Overloaded,
+    ReadTimeout,
+    Unavailable,
+)
 from flowagg.web.context import get_metrics
 
 log = logging.getLogger("flowagg.api")
@@ -44,10 +53,17 @@ def _reject(reason: str) -> None:
 
 
 @bp.app_errorhandler(InvalidBody)
-@bp.app_errorhandler(Expired)
+@bp.app_errorhandler(InvalidRecord)
 def on_invalid_body(exc: Exception) -> Response:
     _reject("expired" if isinstance(exc, Expired) else "invalid")
     return error(400, str(exc))
+
+
+@bp.app_errorhandler(KeyLimit)
+def on_key_limit(exc: KeyLimit) -> Response:
+    # 429 without Retry-After: retrying does not help until hours expire.
+    _reject("key_limit")
+    return error(429, str(exc))
 
 
 @bp.app_errorhandler(BadRequest)

@@ -11,6 +11,7 @@ from flowagg.schema import INT64_MAX, decode_flows
 from flowagg.store.base import MAX_KEY_LENGTH
 from flowagg.web.context import get_metrics, get_store
 from flowagg.web.errors import BadRequest, json_response
+from flowagg.web.guard import TOKEN
 from flowagg.web.requestlog import note_accepted
 
 bp = Blueprint("flows", __name__)
@@ -29,6 +30,9 @@ def post_flows() -> Response:
     # raises 413 before reading when Content-Length exceeds MAX_CONTENT_LENGTH.
     given = request.environ.get("HTTP_IDEMPOTENCY_KEY")  # repeated headers arrive joined by ", "
     key = parse_idempotency_key([] if given is None else [given])
+    token = request.environ.get(TOKEN)
+    if key is not None and token is not None:  # one client's keys never meet another's
+        key = f"{token}/{key}"
     flows = decode_flows(request.get_data(cache=False))
     accepted = get_store().ingest(
         flows, timeout=_ms("FLOWAGG_ENQUEUE_TIMEOUT_MS"), idempotency_key=key

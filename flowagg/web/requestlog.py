@@ -19,6 +19,7 @@ from typing import Any
 from flask import request
 
 from flowagg.logs import AccessLog
+from flowagg.web.guard import TOKEN
 
 _REQUEST_ID = re.compile(r"[\w.:@/+=-]{1,128}", re.ASCII)
 REQUEST_ID = "flowagg.request_id"  # environ keys this module sets and reads
@@ -76,5 +77,6 @@ class RequestLog:
                 (time.perf_counter() - started) * 1000,
                 rid,
                 environ.get(ACCEPTED),
+                environ.get(TOKEN),
             )
         return body

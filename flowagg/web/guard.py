@@ -67,10 +67,11 @@ class Guard:
             )
         if self.tokens is not None and path not in OPEN_PATHS:
             scheme, _, token = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
-            found = self.tokens.find(token.strip()) if scheme.lower() == "bearer" else None
+            given = token.strip() if scheme.lower() == "bearer" else ""
+            found = self.tokens.find(given) if given else None
             if found is None:
                 self._refused(method, path, "unauthorized")
-                challenge = 'Bearer realm="flowagg"' + (', error="invalid_token"' if token else "")
+                challenge = 'Bearer realm="flowagg"' + (', error="invalid_token"' if given else "")
                 return _refuse(
                     start_response,
                     401,

@@ -36,8 +36,8 @@ from flowagg.store.base import (
     Top,
     Unavailable,
 )
-from flowagg.store.durable.compaction import SNAPSHOT_DRAIN_TIMEOUT_S, Compactor, Cut
-from flowagg.store.durable.directory import lock_directory
+from flowagg.store.durable.compaction import SNAPSHOT_DRAIN_TIMEOUT_S, Compactor, Cut, NoRoom
+from flowagg.store.durable.directory import free_bytes, lock_directory
 from flowagg.store.durable.idempotency import IdempotencyKeys, KeyEntry
 from flowagg.store.durable.records import encode_record
 from flowagg.store.durable.recovery import recover
@@ -53,6 +53,10 @@ log = logging.getLogger("flowagg.durable")
 
 # Pause after a failed snapshot before the next attempt, so a persistent fault does not spin.
 SNAPSHOT_RETRY_S = 5.0
+# Free space under which a log that failed to append counts as unable to take requests.
+LOG_ROOM_BYTES = 1024 * 1024
+# Pause before trying again a snapshot put off for lack of disk space.
+NO_ROOM_RETRY_S = 30.0
 
 
 class DurableStore:
@@ -246,9 +250,13 @@ class DurableStore:
 
     def health(self, high_watermark: float) -> list[str]:
         problems = self.memory.health(high_watermark)
-        failure = self._wal.failure
+        failure, write_error = self._wal.failure, self._wal.write_error
         if failure is not None:
             problems.append(f"log: {failure}")
+        elif write_error is not None and (free := free_bytes(self.directory)) < LOG_ROOM_BYTES:
+            # Unready while the disk stays full; ready again once there is room, so that traffic
+            # comes back (the next append then clears the error).
+            problems.append(f"log: {write_error} ({free} bytes free in {self.directory})")
         elif not os.access(self.directory, os.W_OK):
             problems.append(f"log: directory {self.directory} is not writable")
         return problems
@@ -279,17 +287,24 @@ class DurableStore:
                 if cut is None:
                     if not self._wait_for_compaction():
                         return
+                    self._compactor.check_room()  # before the log rotates: nothing is done
                     cut = self.begin_snapshot()
                 self.write_snapshot(cut)
                 cut = None
             except (Closed, LogFailed):
                 return  # closing, or the log failed (logged where it failed; writes now fail)
+            except NoRoom as exc:
+                log.warning("snapshot put off: %s; trying again in %s s", exc, NO_ROOM_RETRY_S)
+                retry = NO_ROOM_RETRY_S
             except Exception:
                 log.exception("snapshot failed; retrying in %s s", SNAPSHOT_RETRY_S)
-                deadline = time.monotonic() + SNAPSHOT_RETRY_S
-                with self.compaction_due:
-                    while not self._closed and (left := deadline - time.monotonic()) > 0:
-                        self.compaction_due.wait(left)
+                retry = SNAPSHOT_RETRY_S
+            else:
+                continue
+            deadline = time.monotonic() + retry
+            with self.compaction_due:
+                while not self._closed and (left := deadline - time.monotonic()) > 0:
+                    self.compaction_due.wait(left)
 
     def _wait_for_compaction(self, timeout: float | None = None) -> bool:
         """Wait until a snapshot is due (True) or the store closes (False)."""
@@ -306,6 +321,7 @@ class DurableStore:
         """Wait until a snapshot is due, then take it, in the calling thread."""
         if not self._wait_for_compaction(timeout):
             raise Closed("store is closed")
+        self._compactor.check_room()
         self.write_snapshot(self.begin_snapshot())
 
     def begin_snapshot(self) -> Cut:

@@ -1,6 +1,8 @@
 """Everything HTTP: the endpoints, the error answers, request ids and the access log.
 
     flows.py       the ``flows`` blueprint: POST /flows, GET /flows?hour=H
+    queries.py     the ``queries`` blueprint: GET /flows/top, /flows/series, /flows/hours
+    formats.py     JSON or CSV: what a GET asked for, and CSV answers
     ops.py         the ``ops`` blueprint: /healthz, /readyz, /metrics, /openapi.json
     errors.py      JSON answers; the app-wide error handlers (store exceptions -> statuses)
     requestlog.py  request ids and the access log line
@@ -15,10 +17,10 @@ from __future__ import annotations
 
 from flask import Flask
 
-from flowagg.web import errors, flows, ops, requestlog
+from flowagg.web import errors, flows, ops, queries, requestlog
 
 
 def register(app: Flask) -> None:
     """Register the endpoints, error handlers and request log on ``app``."""
-    for blueprint in (flows.bp, ops.bp, errors.bp, requestlog.bp):
+    for blueprint in (flows.bp, queries.bp, ops.bp, errors.bp, requestlog.bp):
         app.register_blueprint(blueprint)

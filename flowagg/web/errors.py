@@ -12,7 +12,15 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException
 
 from flowagg.schema import InvalidBody, encode
-from flowagg.store.base import Closed, Expired, KeyReused, Overloaded, ReadTimeout, Unavailable
+from flowagg.store.base import (
+    Closed,
+    Expired,
+    KeyReused,
+    Overloaded,
+    QueryTooLarge,
+    ReadTimeout,
+    Unavailable,
+)
 from flowagg.web.context import get_metrics
 
 log = logging.getLogger("flowagg.api")
@@ -93,6 +101,12 @@ def on_closed(exc: Closed) -> Response:
 @bp.app_errorhandler(KeyReused)
 def on_key_reused(exc: KeyReused) -> Response:
     _reject("invalid")
+    return error(422, str(exc))
+
+
+@bp.app_errorhandler(QueryTooLarge)
+def on_query_too_large(exc: QueryTooLarge) -> Response:
+    get_metrics().queries_refused.inc()
     return error(422, str(exc))
 
 

@@ -41,6 +41,9 @@ def test_document_is_served_and_complete(client):
         "/readyz",
         "/metrics",
         "/openapi.json",
+        "/",
+        "/page.js",
+        "/page.css",
     }
     # Every route the app serves is documented (HEAD and OPTIONS come with GET).
     served = {
@@ -79,6 +82,9 @@ REAL_REQUESTS = [
     ("GET", "/flows/series?start=1&by=", None, 400),
     ("GET", "/flows/hours", None, 200),
     ("GET", "/flows/hours?x=1", None, 400),
+    ("GET", "/", None, 200),
+    ("GET", "/page.js", None, 200),
+    ("GET", "/page.css", None, 200),
     ("GET", "/healthz", None, 200),
     ("GET", "/readyz", None, 200),
     ("GET", "/metrics", None, 200),

@@ -2,6 +2,7 @@
 
     flows.py       the ``flows`` blueprint: POST /flows, GET /flows?hour=H
     queries.py     the ``queries`` blueprint: GET /flows/top, /flows/series, /flows/hours
+    page.py        the ``page`` blueprint: GET / (static/: the top-talkers page)
     formats.py     JSON or CSV: what a GET asked for, and CSV answers
     ops.py         the ``ops`` blueprint: /healthz, /readyz, /metrics, /openapi.json
     errors.py      JSON answers; the app-wide error handlers (store exceptions -> statuses)
@@ -17,10 +18,10 @@ from __future__ import annotations
 
 from flask import Flask
 
-from flowagg.web import errors, flows, ops, queries, requestlog
+from flowagg.web import errors, flows, ops, page, queries, requestlog
 
 
 def register(app: Flask) -> None:
     """Register the endpoints, error handlers and request log on ``app``."""
-    for blueprint in (flows.bp, queries.bp, ops.bp, errors.bp, requestlog.bp):
+    for blueprint in (flows.bp, queries.bp, page.bp, ops.bp, errors.bp, requestlog.bp):
         app.register_blueprint(blueprint)

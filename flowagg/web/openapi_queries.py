@@ -1,4 +1,4 @@
-"""The OpenAPI description of the range queries; openapi.py puts it in the document.
+"""The OpenAPI description of the range queries and of the page; openapi.py puts it in the document.
 
 GET /flows/top, /flows/series   parameters (components.parameters), JSON and CSV answers
 GET /flows/hours                the hours held
@@ -110,6 +110,11 @@ def _query(summary: str, operation: str, answer: dict) -> dict:
     }
 
 
+def _file(summary: str, operation: str, mimetype: str) -> dict:
+    answer = _content(summary, {mimetype: {"schema": {"type": "string"}}})
+    return {"get": {"summary": summary, "operationId": operation, "responses": {"200": answer}}}
+
+
 def paths() -> dict[str, Any]:
     return {
         "/flows/top": _query(
@@ -143,6 +148,9 @@ def paths() -> dict[str, Any]:
                 },
             }
         },
+        "/": _file("The top-talkers page", "page", "text/html"),
+        "/page.js": _file("The page's script", "pageScript", "text/javascript"),
+        "/page.css": _file("The page's stylesheet", "pageStylesheet", "text/css"),
     }
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
+from typing import Any
 
 from flask import Blueprint, Response, current_app, request
 from werkzeug.datastructures import MultiDict
@@ -38,30 +40,30 @@ _LIMIT = re.compile(r"[0-9]{1,4}")
 
 @bp.get("/flows/top")
 def get_top() -> Response:
-    started = time.perf_counter()
-    query = parse_query(request.args)
-    csv = wants_csv(request.args)
-    top = get_store().top(query, timeout=_read_timeout())
-    if csv:
-        response = csv_response((*query.by, *COUNTERS), top_csv_rows(query, top))
-    else:
-        response = negotiated(json_response(top_json(query, top)))
-    get_metrics().query_seconds.labels("top").observe(time.perf_counter() - started)
-    return response
+    return _range_query("top", get_store().top, top_json, top_csv)
 
 
 @bp.get("/flows/series")
 def get_series() -> Response:
+    return _range_query("series", get_store().series, series_json, series_csv)
+
+
+def _range_query(
+    kind: str,
+    ask: Callable[[Query, float], Any],
+    as_json: Callable[[Query, Any], dict],
+    as_csv: Callable[[Query, Any], tuple[tuple[str, ...], list[tuple]]],
+) -> Response:
+    """Parse the parameters, ``ask`` the store, answer JSON or CSV; observe the latency."""
     started = time.perf_counter()
     query = parse_query(request.args)
     csv = wants_csv(request.args)
-    series = get_store().series(query, timeout=_read_timeout())
+    answer = ask(query, _read_timeout())
     if csv:
-        header = ("hour", *query.by, *COUNTERS)
-        response = csv_response(header, series_csv_rows(query, series))
+        response = csv_response(*as_csv(query, answer))
     else:
-        response = negotiated(json_response(series_json(query, series)))
-    get_metrics().query_seconds.labels("series").observe(time.perf_counter() - started)
+        response = negotiated(json_response(as_json(query, answer)))
+    get_metrics().query_seconds.labels(kind).observe(time.perf_counter() - started)
     return response
 
 
@@ -192,9 +194,10 @@ def top_json(query: Query, top: Top) -> dict:
     }
 
 
-def top_csv_rows(query: Query, top: Top) -> list[tuple]:
-    """The top rows, then "other" with its names left empty (no name is empty)."""
-    return [*top.rows, (*[""] * len(query.by), top.other.bytes_tx, top.other.bytes_rx)]
+def top_csv(query: Query, top: Top) -> tuple[tuple[str, ...], list[tuple]]:
+    """The header, the top rows, then "other" with its names left empty (no name is empty)."""
+    other = (*[""] * len(query.by), top.other.bytes_tx, top.other.bytes_rx)
+    return (*query.by, *COUNTERS), [*top.rows, other]
 
 
 def series_json(query: Query, series: Series) -> dict:
@@ -205,8 +208,9 @@ def series_json(query: Query, series: Series) -> dict:
     }
 
 
-def series_csv_rows(query: Query, series: Series) -> list[tuple]:
-    """Per hour: a row for each top group (zeros included), then "other" with empty names."""
+def series_csv(query: Query, series: Series) -> tuple[tuple[str, ...], list[tuple]]:
+    """The header; per hour a row for each top group (zeros included), then "other" with its
+    names left empty."""
     other_names = [""] * len(query.by)
     rows = []
     for h in series.hours:
@@ -214,4 +218,4 @@ def series_csv_rows(query: Query, series: Series) -> list[tuple]:
             (h.hour, *names, *sums) for names, sums in zip(series.groups, h.values, strict=True)
         ]
         rows.append((h.hour, *other_names, *h.other))
-    return rows
+    return ("hour", *query.by, *COUNTERS), rows

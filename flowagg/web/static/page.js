@@ -13,7 +13,7 @@ const FIELDS = ["src_app", "dest_app", "vpc_id"];
 const REFRESH_MS = 10_000;
 const DEFAULT_HOURS = 24n;
 const EPOCH_HOURS = 300_000n; // from this hour on (the year 2004) hours are hours since 1970
-const LAST_DATE_HOUR = 2_400_000_000n; // a JavaScript Date ends before this hour
+const LAST_DATE_HOUR = 70_389_527n; // 9999-12-31 23:00 UTC: later years do not print as YYYY
 const CHART_GROUPS = 10; // groups the chart colours; the rest of the range's groups are "other"
 const PALETTE = [
   "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2",

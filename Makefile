@@ -14,7 +14,7 @@ THREADS ?= 8
 NATIVE_SOURCES := $(wildcard flowagg/store/native/*.c flowagg/store/native/*.h)
 NATIVE := $(VENV)/.native-built
 
-.PHONY: run test bench lint check-native clean
+.PHONY: run test chromium bench lint check-native clean
 
 $(BIN)/activate: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,17 @@ $(NATIVE): $(BIN)/activate pyproject.toml $(NATIVE_SOURCES)
 run: $(NATIVE)
 	$(BIN)/waitress-serve --host=$(HOST) --port=$(PORT) --threads=$(THREADS) wsgi:app
 
-test: $(NATIVE)
+# The page's tests drive Debian's chromium (tests/test_page.py): installed here when missing and
+# we may (root with apt-get); without it those tests fail, saying so.
+CHROMIUM := /usr/bin/chromium
+
+test: $(NATIVE) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+chromium:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+		>/dev/null 2>&1; } || echo "chromium is not installed: the page tests will fail"
 
 # wrk is a Debian package: installed here when missing and we may (root with apt-get);
 # without it the harness drives the servers with locust instead.

@@ -26,6 +26,21 @@ REJECT_REASONS = (
     "unauthorized",
     "forbidden",
 )
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)  # seconds
 
 
 class Metrics:
@@ -49,7 +64,21 @@ class Metrics:
         self.read_seconds = Histogram(
             "flowagg_read_duration_seconds",
             "GET /flows latency, from arrival to encoded response",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.query_seconds = Histogram(
+            "flowagg_query_duration_seconds",
+            "GET /flows/top and /flows/series latency, from arrival to encoded response",
+            ["query"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        for query in ("top", "series"):
+            self.query_seconds.labels(query)
+        self.queries_refused = Counter(
+            "flowagg_queries_refused",
+            "Range queries refused (422) for scanning more than FLOWAGG_MAX_QUERY_ROWS key-hours",
             registry=r,
         )
         self.drain_batch = Histogram(

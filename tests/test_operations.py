@@ -120,7 +120,7 @@ def test_metric_labels_never_carry_flow_keys(make_app):
     Flows(app.test_client()).post([flow(src=f"app-{i}") for i in range(50)])
     Flows(app.test_client()).get(1)
     for _name, labels in scrape(app.test_client()):
-        assert set(dict(labels)) <= {"partition", "reason", "le"}
+        assert set(dict(labels)) <= {"partition", "reason", "query", "le"}  # query: top, series
 
 
 def test_apps_have_separate_registries(make_app):

@@ -1,6 +1,9 @@
 """Everything HTTP: the endpoints, the error answers, request ids and the access log.
 
     flows.py       the ``flows`` blueprint: POST /flows, GET /flows?hour=H
+    queries.py     the ``queries`` blueprint: GET /flows/top, /flows/series, /flows/hours
+    page.py        the ``page`` blueprint: GET / (static/: the top-talkers page)
+    formats.py     JSON or CSV: what a GET asked for, and CSV answers
     ops.py         the ``ops`` blueprint: /healthz, /readyz, /metrics, /openapi.json
     errors.py      JSON answers; the app-wide error handlers (store exceptions -> statuses)
     requestlog.py  request ids and the access log line (a WSGI middleware)
@@ -16,13 +19,13 @@ from __future__ import annotations
 
 from flask import Flask
 
-from flowagg.web import errors, flows, guard, ops, requestlog
+from flowagg.web import errors, flows, guard, ops, page, queries, requestlog
 from flowagg.web.context import get_access_log
 
 
 def register(app: Flask) -> None:
     """Register the endpoints and error handlers on ``app``, and wrap it in the request log."""
-    for blueprint in (flows.bp, ops.bp, errors.bp):
+    for blueprint in (flows.bp, queries.bp, page.bp, ops.bp, errors.bp):
         app.register_blueprint(blueprint)
     rejected = app.extensions["flowagg.metrics"].requests_rejected
 

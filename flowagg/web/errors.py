@@ -19,6 +19,7 @@ from flowagg.store.base import (
     KeyLimit,
     KeyReused,
     Overloaded,
+    QueryTooLarge,
     ReadTimeout,
     Unavailable,
 )
@@ -109,6 +110,12 @@ def on_closed(exc: Closed) -> Response:
 @bp.app_errorhandler(KeyReused)
 def on_key_reused(exc: KeyReused) -> Response:
     _reject("invalid")
+    return error(422, str(exc))
+
+
+@bp.app_errorhandler(QueryTooLarge)
+def on_query_too_large(exc: QueryTooLarge) -> Response:
+    get_metrics().queries_refused.inc()
     return error(422, str(exc))
 
 

@@ -26,8 +26,19 @@ $(NATIVE): $(BIN)/activate pyproject.toml $(NATIVE_SOURCES)
 	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
+# waitress gets the bounds on what one client can hold (connections, idle time, header and
+# body size; FLOWAGG_MAX_BODY_BYTES as the app resolves it) from `python -m flowagg
+# --waitress-flags`, which serves with the same. Up to 3 open files per connection: OPEN_FILES
+# covers the 1000 connections of --connection-limit.
+OPEN_FILES ?= 4096
 run: $(NATIVE)
-	$(BIN)/waitress-serve --host=$(HOST) --port=$(PORT) --threads=$(THREADS) wsgi:app
+	@flags="$$($(BIN)/python -m flowagg --waitress-flags)" && \
+	if [ "$$(ulimit -n)" != unlimited ] && [ "$$(ulimit -n)" -lt $(OPEN_FILES) ]; then \
+		ulimit -Sn $(OPEN_FILES) 2>/dev/null || \
+		echo "make run: cannot raise the open-file limit to $(OPEN_FILES); it is $$(ulimit -n)" >&2; \
+	fi && \
+	echo "waitress-serve --host=$(HOST) --port=$(PORT) --threads=$(THREADS) $$flags wsgi:app" && \
+	exec $(BIN)/waitress-serve --host=$(HOST) --port=$(PORT) --threads=$(THREADS) $$flags wsgi:app
 
 test: $(NATIVE)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -8,6 +8,9 @@ Two ways to run the service get it:
   ``create_app`` calls ``exit_on_sigterm`` for a durable store: SIGTERM stops waitress's loop at
   once (requests in flight get no answer; none of them was acknowledged) and the store is closed
   as the interpreter exits.
+
+``serve`` also answers a request refused from its headers before its body, when the client asked
+``Expect: 100-continue`` too (``RefusingChannel``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from typing import Any
 
 from flask import Flask
 from waitress import wasyncore
-from waitress.server import create_server
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer, create_server
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,19 @@ def _close_at_exit(store_ref: weakref.ref) -> None:
         os._exit(1)
 
 
+class RefusingChannel(HTTPChannel):
+    """waitress's connection, except that a request refused from its headers alone (a
+    Content-Length over ``max_request_body_size``, headers too large, a malformed head) is
+    answered at once also when it asked ``Expect: 100-continue``. waitress 3.0.2 sends such a
+    client "100 Continue" first and then reads the body it refuses, up to the limit."""
+
+    def send_continue(self) -> None:
+        if self.request.error is not None:
+            self.request.expect_continue = False  # the error is the final answer
+            return
+        super().send_continue()
+
+
 def serve(app: Flask, shutdown_timeout: float = 30.0, **adjustments: Any) -> int:
     """Serve ``app`` with waitress until SIGTERM or SIGINT, then shut down cleanly.
 
@@ -75,6 +92,9 @@ def serve(app: Flask, shutdown_timeout: float = 30.0, **adjustments: Any) -> int
     """
     socket_map: dict = {}
     server = create_server(app, map=socket_map, **adjustments)
+    for dispatcher in socket_map.values():  # one listener per address served
+        if isinstance(dispatcher, BaseWSGIServer):
+            dispatcher.channel_class = RefusingChannel
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -35,7 +35,7 @@ log = logging.getLogger("flowagg")
 CONNECTION_LIMIT = 1000  # connections held open; waitress counts its listener and wake-up pipe
 CHANNEL_TIMEOUT_S = 15  # a connection idle this long (nothing in flight, sent or received) closes
 CLEANUP_INTERVAL_S = 5  # how often idle connections are looked for: they close 15 to 20 s idle
-MAX_HEADER_BYTES = 32_768  # request line and headers; nginx's default cap too (4 buffers of 8k)
+MAX_HEADER_BYTES = 32_768  # request line and headers; nginx's cap too (4 buffers of 8k)
 # A connection may hold its socket, a temporary file for a large body and one for a large answer;
 # the process needs that many open files, and some of its own (logs, the data dir).
 FILES_PER_CONNECTION = 3
@@ -52,9 +52,10 @@ def waitress_settings(
         "connection_limit": connection_limit,
         "channel_timeout": channel_timeout,
         "cleanup_interval": min(CLEANUP_INTERVAL_S, channel_timeout),
-        "max_request_header_size": MAX_HEADER_BYTES,
-        # waitress answers 413 to a Content-Length >= this as soon as the headers are in, before
-        # any body byte is read; FLOWAGG_MAX_BODY_BYTES is the largest body accepted.
+        # waitress refuses a size >= its setting, so each is the largest accepted plus one. It
+        # answers 413 to a Content-Length over FLOWAGG_MAX_BODY_BYTES as soon as the headers
+        # are in, before any body byte is read.
+        "max_request_header_size": MAX_HEADER_BYTES + 1,
         "max_request_body_size": settings["FLOWAGG_MAX_BODY_BYTES"] + 1,
         # poll(), not select(): select() refuses a descriptor past 1023, and waitress's loop dies
         # of it; a thousand connections with their temporary files get there.

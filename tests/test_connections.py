@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import pytest
 from waitress.adjustments import Adjustments
@@ -78,7 +79,14 @@ def small_limit_servers():
             server.stop()
 
 
-def send_head(endpoint: Endpoint, head: str, body: bytes = b"") -> http.client.HTTPResponse:
+@dataclass
+class Answer:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+
+def send_head(endpoint: Endpoint, head: str, body: bytes = b"") -> Answer:
     """Send a request's ``head`` (and ``body``, if any) on a raw socket; read the answer."""
     sock = endpoint.connect()
     try:
@@ -86,12 +94,23 @@ def send_head(endpoint: Endpoint, head: str, body: bytes = b"") -> http.client.H
         response = http.client.HTTPResponse(sock)
         try:
             response.begin()
-            response.read()
+            return Answer(response.status, response.headers, response.read())
         finally:
             response.close()
-        return response
     finally:
         sock.close()
+
+
+def assert_refused(launcher: str, answer: Answer, status: int, message: str, waitress: str):
+    """A refusal by waitress itself: JSON naming the limit from ``python -m flowagg``, waitress's
+    own text (``waitress``) from ``waitress-serve``; the connection is closed either way."""
+    assert answer.status == status
+    assert answer.headers["Connection"] == "close"
+    if launcher == "python -m flowagg":
+        assert answer.headers["Content-Type"] == "application/json"
+        assert json.loads(answer.body) == {"error": message}
+    else:
+        assert answer.body.startswith(waitress.encode())
 
 
 def post_head(length: int, *extra: str) -> str:
@@ -137,7 +156,7 @@ def test_waitress_flags_are_the_bounds_waitress_reads(env, body_size):
         adj.max_request_body_size,
         adj.asyncore_use_poll,
     )
-    assert got == (1000, 15, 5, 32768, body_size, True)
+    assert got == (1000, 15, 5, 32769, body_size, True)
 
 
 @pytest.mark.parametrize(
@@ -180,22 +199,22 @@ def test_the_server_may_open_the_files_its_connections_need(servers, launcher):
 
 
 OVER_THE_LIMIT = [64 * 1024 * 1024 + 1, 2**30 - 1]
+TOO_LARGE = "request body exceeds the limit of 67108864 bytes"  # as the app says it
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 @pytest.mark.parametrize("length", OVER_THE_LIMIT, ids=["limit+1", "1GiB-1"])
 def test_a_body_over_the_limit_is_refused_before_any_body_byte(servers, launcher, length):
-    response = send_head(Endpoint(servers[launcher].port), post_head(length))
-    assert response.status == 413
-    assert response.getheader("Connection") == "close"  # the body is never read
+    answer = send_head(Endpoint(servers[launcher].port), post_head(length))
+    assert_refused(launcher, answer, 413, TOO_LARGE, "Request Entity Too Large")
 
 
 @pytest.mark.parametrize("length", OVER_THE_LIMIT, ids=["limit+1", "1GiB-1"])
 def test_python_m_flowagg_refuses_before_the_body_also_when_asked_to_continue(servers, length):
     head = post_head(length, "Expect: 100-continue")
-    response = send_head(Endpoint(servers["python -m flowagg"].port), head)
-    assert response.status == 413  # and no "100 Continue" before it (http.client skips one)
-    assert response.getheader("Connection") == "close"
+    answer = send_head(Endpoint(servers["python -m flowagg"].port), head)
+    # http.client would skip a "100 Continue"; had one come, the server would wait for the body.
+    assert_refused("python -m flowagg", answer, 413, TOO_LARGE, "")
 
 
 def test_waitress_serve_asked_to_continue_reads_at_most_the_limit(small_limit_servers):
@@ -256,18 +275,34 @@ def test_the_body_limit_is_flowagg_max_body_bytes(
         head = "POST /flows HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n"
         payload = one_chunk(body + b" " * (sent - CHUNK_FRAMING - len(body)))
     assert len(payload) == sent
-    response = send_head(Endpoint(server.port), head, payload)
-    assert response.status == status
+    answer = send_head(Endpoint(server.port), head, payload)
+    if status == 200:
+        assert (answer.status, json.loads(answer.body)) == (200, {"accepted": 1})
+    else:
+        message = f"request body exceeds the limit of {SMALL_BODY_LIMIT} bytes"
+        assert_refused(launcher, answer, 413, message, "Request Entity Too Large")
     assert server.rows([hour]) == ([flow(hour=hour)] if status == 200 else [])
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
-@pytest.mark.parametrize(
-    "size, status", [(MAX_HEADER_BYTES - 1024, 200), (MAX_HEADER_BYTES, 431)], ids=["under", "at"]
-)
-def test_request_headers_are_capped(servers, launcher, size, status):
-    head = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: {'a' * size}\r\n"
-    assert send_head(Endpoint(servers[launcher].port), head).status == status
+@pytest.mark.parametrize("size", [MAX_HEADER_BYTES, MAX_HEADER_BYTES + 1], ids=["at", "over"])
+def test_request_headers_are_capped(servers, launcher, size):
+    """The request line and headers, their closing blank line included, take at most 32 KiB."""
+    head = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: "
+    head += "a" * (size - len(head) - 4) + "\r\n"
+    assert len(head) + 2 == size
+    answer = send_head(Endpoint(servers[launcher].port), head)
+    if size == MAX_HEADER_BYTES:
+        assert (answer.status, json.loads(answer.body)) == (200, {"status": "ok"})
+    else:
+        message = f"request headers exceed the limit of {MAX_HEADER_BYTES} bytes"
+        assert_refused(launcher, answer, 431, message, "Request Header Fields Too Large")
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_malformed_head_is_refused_naming_the_problem(servers, launcher):
+    answer = send_head(Endpoint(servers[launcher].port), "GET /healthz HTTP/1.1\r\nNo colon\r\n")
+    assert_refused(launcher, answer, 400, "Invalid header", "Bad Request")
 
 
 def test_slowloris_sockets_do_not_stop_health_probes(servers):

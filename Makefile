@@ -40,7 +40,14 @@ run: $(NATIVE)
 	echo "waitress-serve --host=$(HOST) --port=$(PORT) --threads=$(THREADS) $$flags wsgi:app" && \
 	exec $(BIN)/waitress-serve --host=$(HOST) --port=$(PORT) --threads=$(THREADS) $$flags wsgi:app
 
+# nginx and openssl are Debian packages that tests/test_nginx.py needs: installed here when
+# missing and we may (root with apt-get); without them those tests are skipped. (Where services
+# may start, Debian's package also starts its own nginx on port 80; the tests start theirs.)
 test: $(NATIVE)
+	@{ command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null && command -v openssl >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && apt-get install -y -qq nginx openssl; } >/dev/null 2>&1; } || \
+		echo "nginx or openssl is not installed: tests/test_nginx.py is skipped"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # wrk is a Debian package: installed here when missing and we may (root with apt-get);

@@ -67,8 +67,11 @@ def waitress_flags(adjustments: Mapping[str, Any]) -> list[str]:
     """``adjustments`` as ``waitress-serve`` options: ``--connection-limit=1000``, ..."""
     flags = []
     for name, value in adjustments.items():
-        option = "--" + name.replace("_", "-")
-        flags.append(option if value is True else f"{option}={value}")
+        option = name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(f"--{option}" if value else f"--no-{option}")
+        else:
+            flags.append(f"--{option}={value}")
     return flags
 
 

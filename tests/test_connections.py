@@ -45,12 +45,13 @@ SMALL_BODY_LIMIT = 4096
 BIG_HOUR = 7
 BIG_HOUR_KEYS = 20_000  # an answer of about 1.9 MB
 NON_READERS = 8  # as many as waitress has threads
+SPOOLED_UPLOADS = 30
 PIPELINED = 50
 
 
 @pytest.fixture(scope="module", autouse=True)
-def open_files():
-    raise_open_files(4 * SLOWLORIS_SOCKETS)  # ours: the clients' sockets
+def client_files():
+    raise_open_files(2 * CONNECTION_LIMIT)  # ours: the clients' sockets
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +158,15 @@ def test_waitress_flags_are_the_bounds_waitress_reads(env, body_size):
         adj.asyncore_use_poll,
     )
     assert got == (1000, 15, 5, 32769, body_size, True)
+
+
+def test_waitress_flags_round_trip_through_waitress_serve_options():
+    adjustments = {"asyncore_use_poll": False, "log_socket_errors": True, "backlog": 64}
+    flags = waitress_flags(adjustments)
+    assert flags == ["--no-asyncore-use-poll", "--log-socket-errors", "--backlog=64"]
+    kw, _ = Adjustments.parse_args(flags)
+    adj = Adjustments(**{k: v for k, v in kw.items() if k not in ("help", "call")})
+    assert (adj.asyncore_use_poll, adj.log_socket_errors, adj.backlog) == (False, True, 64)
 
 
 @pytest.mark.parametrize(
@@ -303,6 +313,53 @@ def test_request_headers_are_capped(servers, launcher, size):
 def test_a_malformed_head_is_refused_naming_the_problem(servers, launcher):
     answer = send_head(Endpoint(servers[launcher].port), "GET /healthz HTTP/1.1\r\nNo colon\r\n")
     assert_refused(launcher, answer, 400, "Invalid header", "Bad Request")
+
+
+def files_open(server: Launched) -> int:
+    return len(os.listdir(f"/proc/{server.pid}/fd"))
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_thousand_connections_and_their_files_keep_the_server_up(servers, launcher):
+    """The connection limit, with spooled bodies taking the server past descriptor 1023 (where
+    select() would end waitress's loop): beyond the limit a new connection waits; the ones held
+    are served, and the waiting one is once they go."""
+    server = servers[launcher]
+    endpoint = Endpoint(server.port)
+    # waitress counts its listener and its wake-up pipe among the connections.
+    uploads, idle = [], []
+    body = json.dumps([flow(src=f"{launcher}-{i}", hour=60) for i in range(6_000)]).encode()
+    assert len(body) > 512 * 1024  # waitress spools a body this large to a temporary file
+    try:
+        for _ in range(SPOOLED_UPLOADS):
+            sock = endpoint.connect()
+            uploads.append(sock)
+            sock.sendall(post_head(len(body)).encode() + b"\r\n" + body[:-1])
+        for _ in range(CONNECTION_LIMIT - 2 - SPOOLED_UPLOADS):
+            idle.append(endpoint.connect())
+        deadline = time.monotonic() + WAIT_TIMEOUT
+        while files_open(server) <= 1024:
+            assert time.monotonic() < deadline, f"only {files_open(server)} files open"
+            time.sleep(0.05)
+        assert probe_unanswered(endpoint, STUCK_PROBE_S)  # at the limit: it waits its turn
+        for sock in uploads:  # the connections held are served
+            sock.sendall(body[-1:])
+            response = http.client.HTTPResponse(sock)
+            try:
+                response.begin()
+                assert (response.status, json.loads(response.read())) == (200, {"accepted": 6000})
+            finally:
+                response.close()
+            sock.close()
+        probe(endpoint, WAIT_TIMEOUT)
+    finally:
+        for sock in uploads + idle:
+            sock.close()
+    rows = server.rows([60])
+    assert (
+        sum(r["bytes_tx"] for r in rows if r["src_app"].startswith(launcher))
+        == 6000 * SPOOLED_UPLOADS
+    )
 
 
 def test_slowloris_sockets_do_not_stop_health_probes(servers):

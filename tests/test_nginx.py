@@ -21,6 +21,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +113,7 @@ class Front:
     nginx: subprocess.Popen
     port: int
     tls: ssl.SSLContext
-    upstream: Launched
+    upstream: Launched | None
     conf: Path
     prefix: Path
 
@@ -149,14 +150,14 @@ def wait_listening(nginx: subprocess.Popen, port: int, stderr: Path) -> None:
             time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def front():
-    raise_open_files(4 * SLOWLORIS_SOCKETS)
+@contextlib.contextmanager
+def nginx_in_front(upstream: Launched | None) -> Iterator[Front]:
+    """nginx with the shipped configuration in front of ``upstream`` (None: a closed port)."""
     # Not pytest's tmp_path: nginx's workers run as www-data when started as root, and must
     # reach their temporary directories here.
     prefix = Path(tempfile.mkdtemp(prefix="flowagg-nginx-"))
     prefix.chmod(0o755)
-    upstream = nginx = None
+    nginx = None
     try:
         (prefix / "log").mkdir()
         (prefix / "lib").mkdir()
@@ -167,10 +168,10 @@ def front():
              "-addext", f"subjectAltName=IP:{CLIENT}", "-keyout", key, "-out", cert],
             check=True, capture_output=True, timeout=WAIT_TIMEOUT,
         )  # fmt: skip
-        upstream = launch("make run")
         port = free_port()
+        upstream_port = free_port() if upstream is None else upstream.port
         conf = prefix / "nginx.conf"
-        conf.write_text(render(CONF.read_text(), port, upstream.port, prefix, cert, key))
+        conf.write_text(render(CONF.read_text(), port, upstream_port, prefix, cert, key))
         checked = nginx_test(conf, prefix)
         assert checked.returncode == 0, checked.stderr
         with open(prefix / "log" / "stderr.log", "w") as stderr:
@@ -186,9 +187,19 @@ def front():
     finally:
         if nginx is not None:
             stop_nginx(nginx)
-        if upstream is not None:
-            upstream.stop()
         shutil.rmtree(prefix, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def front() -> Iterator[Front]:
+    """nginx in front of ``make run``, for the whole module."""
+    raise_open_files(4 * SLOWLORIS_SOCKETS)
+    upstream = launch("make run")
+    try:
+        with nginx_in_front(upstream) as front:
+            yield front
+    finally:
+        upstream.stop()
 
 
 def raw_answer(sock: socket.socket) -> tuple[str, dict[str, str], bytes]:
@@ -268,6 +279,17 @@ def test_plain_http_to_the_tls_port_is_refused_with_json(front):
     status, _, body = Endpoint(front.port).request("GET", "/healthz")
     assert status == 400
     assert body == {"error": "plain HTTP sent to the HTTPS port; use https://"}
+
+
+def test_no_answer_from_waitress_is_a_503_to_retry():
+    with nginx_in_front(None) as front:
+        status, headers, body = front.endpoint().request("GET", "/flows?hour=1")
+    assert (status, headers["Retry-After"], headers["Content-Type"]) == (
+        503,
+        "1",
+        "application/json",
+    )
+    assert body["error"].startswith("the service did not answer; retry later")
 
 
 def test_one_address_may_have_16_requests_in_progress(front):

@@ -7,6 +7,7 @@ memory and CPU while a load runs, ``profiling`` its stacks with py-spy.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import os
 import re
@@ -33,6 +34,20 @@ TARGETS = {
 }
 
 
+@functools.cache
+def waitress_flags() -> list[str]:
+    """The waitress-serve options ``make run`` passes (``python -m flowagg --waitress-flags``)."""
+    printed = subprocess.run(
+        [sys.executable, "-m", "flowagg", "--waitress-flags"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return printed.stdout.split()
+
+
 class Server:
     """One waitress-serve process on 127.0.0.1 with a free port; stopped by ``stop()``."""
 
@@ -51,6 +66,7 @@ class Server:
     def start(self) -> None:
         waitress = Path(sys.executable).with_name("waitress-serve")
         cmd = [str(waitress), "--host=127.0.0.1", "--port=0", f"--threads={self.threads}"]
+        cmd += waitress_flags()  # every server with the bounds make run gives the service
         # The log is a file, not a pipe: waitress warns about queued tasks under load, and a
         # pipe nobody reads would block the server once full.
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0

@@ -42,6 +42,7 @@ def test_nginx_and_openssl_are_installed():
     # make test installs them with apt-get (as root); without them the tests below fail too.
     assert NGINX is not None and OPENSSL is not None, "nginx and openssl are needed"
 
+
 CONF = ROOT / "nginx.conf"
 CLIENT = "127.0.0.1"  # the well-behaved client's address
 ATTACKER = "127.0.0.2"  # the hostile clients' address

@@ -118,6 +118,44 @@ def test_a_refused_query_conforms(api_schema):
         assert app.extensions["flowagg"].close(WAIT_TIMEOUT)
 
 
+def test_refusals_of_tokens_origins_and_limits_conform(api_schema, tmp_path):
+    from flowagg.tokens import new_token
+
+    read, line = new_token("grafana", "read")
+    (tmp_path / "tokens").write_text(line + "\n")
+    guarded = create_app(
+        {"FLOWAGG_TOKENS_FILE": str(tmp_path / "tokens"), "FLOWAGG_LOG_LEVEL": "warning"}
+    )
+    limited = create_app({"FLOWAGG_MAX_KEYS": 1, "FLOWAGG_LOG_LEVEL": "warning"})
+    try:
+        client = guarded.test_client()
+        for method, url, headers, status in [
+            ("POST", "/flows", {}, 401),
+            ("GET", "/flows?hour=1", {}, 401),
+            ("GET", "/flows/top?start=1", {}, 401),
+            ("GET", "/metrics", {"Authorization": "Bearer nope"}, 401),
+            ("POST", "/flows", {"Authorization": f"Bearer {read}"}, 403),
+            (
+                "POST",
+                "/flows",
+                {"Authorization": f"Bearer {read}", "Origin": "https://x.test"},
+                403,
+            ),
+        ]:
+            response = client.open(url, method=method, data="[]", headers=headers)
+            assert response.status_code == status, (method, url)
+            api_schema[url.split("?")[0]][method].validate_response(response)
+        assert client.get("/healthz").status_code == 200
+        client = limited.test_client()
+        client.post("/flows", data=json.dumps([flow()]))
+        response = client.post("/flows", data=json.dumps([flow(src="new")]))
+        assert response.status_code == 429
+        api_schema["/flows"]["POST"].validate_response(response)
+    finally:
+        for app in (guarded, limited):
+            assert app.extensions["flowagg"].close(WAIT_TIMEOUT)
+
+
 def test_big_sums_conform(fuzz_app, api_schema):
     client = fuzz_app.test_client()
     client.post("/flows", data=json.dumps([flow(hour=77, tx=2**63 - 1)] * 4))

@@ -39,8 +39,41 @@ def _error(description: str, retry_after: bool = False) -> dict[str, Any]:
     )
 
 
+# Paths anyone may call, tokens or not.
+OPEN_PATHS = ("/healthz", "/readyz")
+
+
+def _with_security(document: dict[str, Any]) -> dict[str, Any]:
+    """Bearer tokens on every operation but the open ones: optional (``{}``) since they are
+    required only with FLOWAGG_TOKENS_FILE; 401 without a valid one, 403 for a role without
+    the permission."""
+    document["components"]["securitySchemes"] = {
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A token of FLOWAGG_TOKENS_FILE (python -m flowagg token NAME ROLE)",
+        }
+    }
+    document["security"] = [{"bearer": []}, {}]
+    for path, operations in document["paths"].items():
+        for operation in operations.values():
+            if path in OPEN_PATHS:
+                operation["security"] = [{}]
+                continue
+            responses = operation["responses"]
+            responses.setdefault(
+                "401", _error("A token is required (FLOWAGG_TOKENS_FILE) and none valid was given")
+            )
+            responses.setdefault("403", _error("The token's role lacks the permission"))
+    return document
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
+    return _with_security(_document())
+
+
+def _document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
@@ -87,9 +120,20 @@ def openapi_document() -> dict[str, Any]:
                             },
                             "Every record accepted",
                         ),
-                        "400": _error("Malformed JSON, an invalid record, or an expired hour"),
+                        "400": _error(
+                            "Malformed JSON, an invalid record, an hour outside the window the"
+                            " server's clock allows, or a name over FLOWAGG_MAX_NAME_BYTES"
+                        ),
+                        "403": _error(
+                            "The token's role lacks write, or the Origin header names another"
+                            " site (not the service's own origin nor FLOWAGG_ALLOWED_ORIGINS)"
+                        ),
                         "413": _error("Body larger than FLOWAGG_MAX_BODY_BYTES"),
                         "422": _error("Idempotency-Key already used for other flows"),
+                        "429": _error(
+                            "The request would add key-hours past FLOWAGG_MAX_KEYS; nothing"
+                            " applied (no Retry-After: retrying does not help until hours expire)"
+                        ),
                         "503": _error(
                             "Buffers full past the enqueue timeout; nothing applied", True
                         ),

@@ -24,8 +24,8 @@
 #include "table.h"
 
 /* A group: its names and sums. The names are kept in Groups.arena as, for each field grouped
- * by, its length (4 bytes, native order) then its UTF-8 bytes: unambiguous, and compared with
- * one memcmp. */
+ * by, its length (4 bytes, native order) then its UTF-8 bytes: unambiguous. A group's hash comes
+ * from its names' short hashes, which every hour keeps with its names, so a scan hashes no byte. */
 typedef struct {
     u128 count[2];   /* bytes_tx, bytes_rx */
     uint64_t offset; /* of the encoded names in Groups.arena */
@@ -43,8 +43,6 @@ typedef struct {
     uint32_t mask;
     char *arena;          /* encoded names, arena_len used of arena_cap */
     uint64_t arena_len, arena_cap;
-    char *scratch;        /* the encoded names of the group being looked up */
-    size_t scratch_cap;
     uint64_t scanned;     /* rows looked at by scans into this Groups */
     int busy;             /* 1 while a scan fills it without the GIL */
     /* Fixed groups (made with `keys`): no group is added by a scan; what matches none of the
@@ -55,49 +53,39 @@ typedef struct {
 
 /* -- the table of groups ---------------------------------------------------------------------- */
 
-/* Room for `length` bytes in the scratch buffer; -1 without memory. */
-static int
-scratch_reserve(Groups *g, size_t length)
+/* The hash of a group from its names' short hashes (Name.hash, or short_hash(hash_bytes(name)):
+ * the same for the same bytes in any hour), in the order grouped by: no byte is hashed again
+ * per row. */
+static inline uint32_t
+group_hash(const Groups *g, const uint32_t name_hash[3])
 {
-    if (length <= g->scratch_cap) {
-        return 0;
-    }
-    size_t cap = grown(g->scratch_cap, length);
-    char *scratch = PyMem_RawRealloc(g->scratch, cap);
-    if (scratch == NULL) {
-        return -1;
-    }
-    g->scratch = scratch;
-    g->scratch_cap = cap;
-    return 0;
-}
-
-/* Encode names (indexed by field) into the scratch buffer; returns the length, or -1. */
-static int64_t
-encode_names(Groups *g, const char *const name[3], const uint32_t length[3], uint64_t *hash)
-{
-    size_t total = 0;
-    for (int i = 0; i < g->nby; i++) {
-        total += sizeof(uint32_t) + length[g->by[i]];
-    }
-    if (total > UINT32_MAX || scratch_reserve(g, total) < 0) {
-        return -1;
-    }
-    char *out = g->scratch;
     uint64_t h = hash_start;
     for (int i = 0; i < g->nby; i++) {
-        int f = g->by[i];
-        memcpy(out, &length[f], sizeof(uint32_t));
-        memcpy(out + sizeof(uint32_t), name[f], length[f]);
-        out += sizeof(uint32_t) + length[f];
-        h = absorb(h, name[f], length[f]);
+        h = mum(h ^ name_hash[g->by[i]] ^ hash_seed[1], hash_seed[2] + (uint64_t)i);
     }
-    *hash = mum(h ^ hash_seed[3], hash_seed[2]);
-    return (int64_t)total;
+    return short_hash(mum(h ^ hash_seed[3], hash_seed[0]));
+}
+
+/* Whether the group's encoded names are these names (indexed by field). */
+static inline int
+group_matches(const Groups *g, const GroupEntry *e, const char *const name[3],
+              const uint32_t length[3])
+{
+    const char *p = g->arena + e->offset;
+    for (int i = 0; i < g->nby; i++) {
+        int f = g->by[i];
+        uint32_t stored;
+        memcpy(&stored, p, sizeof(uint32_t));
+        if (stored != length[f] || !same_bytes(p + sizeof(uint32_t), name[f], stored)) {
+            return 0;
+        }
+        p += sizeof(uint32_t) + stored;
+    }
+    return 1;
 }
 
 static GroupEntry *
-groups_find(const Groups *g, const char *encoded, uint32_t length, uint32_t hash)
+groups_find(const Groups *g, const char *const name[3], const uint32_t length[3], uint32_t hash)
 {
     if (g->slots == NULL) {
         return NULL;
@@ -108,21 +96,26 @@ groups_find(const Groups *g, const char *encoded, uint32_t length, uint32_t hash
             return NULL;
         }
         GroupEntry *e = &g->entries[s->index - 1];
-        if (s->hash == hash && e->length == length
-            && memcmp(g->arena + e->offset, encoded, length) == 0) {
+        if (s->hash == hash && group_matches(g, e, name, length)) {
             return e;
         }
     }
 }
 
-/* The group of the names in the scratch buffer, added with zero sums if new; NULL without
- * memory. */
+/* The group of these names, added with zero sums if new; NULL without memory. */
 static GroupEntry *
-groups_find_or_add(Groups *g, uint32_t length, uint32_t hash)
+groups_find_or_add(Groups *g, const char *const name[3], const uint32_t length[3], uint32_t hash)
 {
-    GroupEntry *found = groups_find(g, g->scratch, length, hash);
+    GroupEntry *found = groups_find(g, name, length, hash);
     if (found != NULL) {
         return found;
+    }
+    uint64_t encoded = 0;
+    for (int i = 0; i < g->nby; i++) {
+        encoded += sizeof(uint32_t) + length[g->by[i]];
+    }
+    if (encoded > UINT32_MAX) {
+        return NULL;
     }
     if (g->len == g->cap) {
         uint64_t cap = grown(g->cap, (uint64_t)g->cap + 1);
@@ -147,8 +140,8 @@ groups_find_or_add(Groups *g, uint32_t length, uint32_t hash)
         g->slots = slots;
         g->mask = (uint32_t)(size - 1);
     }
-    if (g->arena_len + length > g->arena_cap) {
-        uint64_t cap = grown(g->arena_cap, g->arena_len + length);
+    if (g->arena_len + encoded > g->arena_cap) {
+        uint64_t cap = grown(g->arena_cap, g->arena_len + encoded);
         char *arena = PyMem_RawRealloc(g->arena, cap);
         if (arena == NULL) {
             return NULL;
@@ -160,33 +153,46 @@ groups_find_or_add(Groups *g, uint32_t length, uint32_t hash)
     GroupEntry *e = &g->entries[index];
     e->count[0] = e->count[1] = 0;
     e->offset = g->arena_len;
-    e->length = length;
+    e->length = (uint32_t)encoded;
     e->hash = hash;
-    memcpy(g->arena + g->arena_len, g->scratch, length);
-    g->arena_len += length;
+    char *out = g->arena + g->arena_len;
+    for (int i = 0; i < g->nby; i++) {
+        int f = g->by[i];
+        memcpy(out, &length[f], sizeof(uint32_t));
+        memcpy(out + sizeof(uint32_t), name[f], length[f]);
+        out += sizeof(uint32_t) + length[f];
+    }
+    g->arena_len += encoded;
     slot_put(g->slots, g->mask, index, hash);
     return e;
 }
 
 enum { ADD_OK = 0, ADD_NO_MEMORY = -1, ADD_OVERFLOW = -2 };
 
-/* Add sums to the group of the given names (indexed by field); to `rest` if the groups are
- * fixed and these names are not one of them. */
+/* Add sums to the group of the given names (indexed by field, with their short hashes); to
+ * `rest` if the groups are fixed and these names are not one of them. */
+static int groups_add_hashed(Groups *g, const char *const name[3], const uint32_t length[3],
+                             uint32_t hash, const u128 count[2]);
+
 static int
-groups_add(Groups *g, const char *const name[3], const uint32_t length[3], const u128 count[2])
+groups_add(Groups *g, const char *const name[3], const uint32_t length[3],
+           const uint32_t name_hash[3], const u128 count[2])
 {
-    uint64_t hash;
-    int64_t encoded = encode_names(g, name, length, &hash);
-    if (encoded < 0) {
-        return ADD_NO_MEMORY;
-    }
+    return groups_add_hashed(g, name, length, group_hash(g, name_hash), count);
+}
+
+/* groups_add with the group's hash already known. */
+static int
+groups_add_hashed(Groups *g, const char *const name[3], const uint32_t length[3], uint32_t hash,
+                  const u128 count[2])
+{
     u128 *sums;
     if (g->fixed) {
-        GroupEntry *e = groups_find(g, g->scratch, (uint32_t)encoded, short_hash(hash));
+        GroupEntry *e = groups_find(g, name, length, hash);
         sums = e != NULL ? e->count : g->rest;
     }
     else {
-        GroupEntry *e = groups_find_or_add(g, (uint32_t)encoded, short_hash(hash));
+        GroupEntry *e = groups_find_or_add(g, name, length, hash);
         if (e == NULL) {
             return ADD_NO_MEMORY;
         }
@@ -292,6 +298,7 @@ scan_hour(const Hour *h, const Filter *filter, Groups *g)
 {
     const char *name[3] = {NULL, NULL, NULL};
     uint32_t length[3] = {0, 0, 0};
+    uint32_t name_hash[3] = {0, 0, 0};
     if (g->nby == 1) {
         /* Sum per name number first: few names, many rows. */
         int by = g->by[0];
@@ -318,25 +325,43 @@ scan_hour(const Hour *h, const Filter *filter, Groups *g)
             if (sums[n].seen) {
                 name[by] = name_bytes(h, n);
                 length[by] = name_length(h, n);
-                status = groups_add(g, name, length, sums[n].count);
+                name_hash[by] = h->names[n].hash;
+                status = groups_add(g, name, length, name_hash, sums[n].count);
             }
         }
         PyMem_RawFree(sums);
         return status;
     }
-    for (uint32_t r = 0; r < h->len; r++) {
-        const Entry *e = &h->entries[r];
-        if (!filter_keeps(filter, e)) {
-            continue;
+    /* Rows come in blocks: the slots their groups hash to are fetched into the cache for a
+     * whole block before any is looked up, so the lookups do not wait on memory one by one. */
+    enum { BLOCK = 16 };
+    uint32_t hashes[BLOCK];
+    for (uint32_t start = 0; start < h->len; start += BLOCK) {
+        uint32_t end = start + BLOCK < h->len ? start + BLOCK : h->len;
+        for (uint32_t r = start; r < end; r++) {
+            const Entry *e = &h->entries[r];
+            for (int f = 0; f < 3; f++) {
+                name_hash[f] = h->names[e->name[f]].hash;
+            }
+            hashes[r - start] = group_hash(g, name_hash);
+            if (g->slots != NULL) {
+                __builtin_prefetch(&g->slots[hashes[r - start] & g->mask]);
+            }
         }
-        for (int f = 0; f < 3; f++) {
-            name[f] = name_bytes(h, e->name[f]);
-            length[f] = name_length(h, e->name[f]);
-        }
-        u128 count[2] = {entry_count(h, r, 0), entry_count(h, r, 1)};
-        int status = groups_add(g, name, length, count);
-        if (status != ADD_OK) {
-            return status;
+        for (uint32_t r = start; r < end; r++) {
+            const Entry *e = &h->entries[r];
+            if (!filter_keeps(filter, e)) {
+                continue;
+            }
+            for (int f = 0; f < 3; f++) {
+                name[f] = name_bytes(h, e->name[f]);
+                length[f] = name_length(h, e->name[f]);
+            }
+            u128 count[2] = {entry_count(h, r, 0), entry_count(h, r, 1)};
+            int status = groups_add_hashed(g, name, length, hashes[r - start], count);
+            if (status != ADD_OK) {
+                return status;
+            }
         }
     }
     return ADD_OK;
@@ -400,8 +425,15 @@ HourTables_scan(HourTables *self, PyObject *args)
 
 /* -- Groups: creation and reading ------------------------------------------------------------- */
 
-static int groups_encode_key(Groups *g, PyObject *key, uint64_t *hash, int64_t *encoded);
+/* A group's names given from Python: a tuple of str in the order grouped by, read into arrays
+ * indexed by field (pointing into the strings, which the caller's tuple keeps alive). */
+typedef struct {
+    const char *name[3];
+    uint32_t length[3];
+    uint32_t hash; /* group_hash */
+} KeyNames;
 
+static int read_key(const Groups *g, PyObject *key, KeyNames *out);
 static PyObject *
 Groups_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
@@ -453,14 +485,13 @@ Groups_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
-        uint64_t hash;
-        int64_t encoded;
-        if (groups_encode_key(g, PySequence_Fast_GET_ITEM(seq, i), &hash, &encoded) < 0) {
+        KeyNames k;
+        if (read_key(g, PySequence_Fast_GET_ITEM(seq, i), &k) < 0) {
             Py_DECREF(seq);
             Py_DECREF(g);
             return NULL;
         }
-        if (groups_find_or_add(g, (uint32_t)encoded, short_hash(hash)) == NULL) {
+        if (groups_find_or_add(g, k.name, k.length, k.hash) == NULL) {
             Py_DECREF(seq);
             Py_DECREF(g);
             return PyErr_NoMemory();
@@ -477,7 +508,6 @@ Groups_dealloc(Groups *g)
     PyMem_RawFree(g->entries);
     PyMem_RawFree(g->slots);
     PyMem_RawFree(g->arena);
-    PyMem_RawFree(g->scratch);
     Py_TYPE(g)->tp_free((PyObject *)g);
 }
 
@@ -712,17 +742,16 @@ Groups_top(Groups *g, PyObject *args)
     return result;
 }
 
-/* Encode a key given from Python (a tuple of str, in the order grouped by) into the scratch
- * buffer; 0, or -1 with an exception set. */
+/* Read a group's names given from Python; 0, or -1 with an exception set. */
 static int
-groups_encode_key(Groups *g, PyObject *key, uint64_t *hash, int64_t *encoded)
+read_key(const Groups *g, PyObject *key, KeyNames *out)
 {
     if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != g->nby) {
         PyErr_SetString(PyExc_TypeError, "each key is a tuple of the names grouped by");
         return -1;
     }
-    const char *name[3] = {NULL, NULL, NULL};
-    uint32_t length[3] = {0, 0, 0};
+    uint32_t name_hash[3] = {0, 0, 0};
+    *out = (KeyNames){{NULL, NULL, NULL}, {0, 0, 0}, 0};
     for (int j = 0; j < g->nby; j++) {
         PyObject *s = PyTuple_GET_ITEM(key, j);
         if (!PyUnicode_Check(s)) {
@@ -738,14 +767,12 @@ groups_encode_key(Groups *g, PyObject *key, uint64_t *hash, int64_t *encoded)
             PyErr_SetString(PyExc_ValueError, "name too long");
             return -1;
         }
-        name[g->by[j]] = bytes;
-        length[g->by[j]] = (uint32_t)len;
+        int f = g->by[j];
+        out->name[f] = bytes;
+        out->length[f] = (uint32_t)len;
+        name_hash[f] = short_hash(hash_bytes(bytes, (size_t)len));
     }
-    *encoded = encode_names(g, name, length, hash);
-    if (*encoded < 0) {
-        PyErr_NoMemory();
-        return -1;
-    }
+    out->hash = group_hash(g, name_hash);
     return 0;
 }
 
@@ -767,13 +794,12 @@ Groups_values(Groups *g, PyObject *keys)
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject *out = PyList_New(n);
     for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
-        uint64_t hash;
-        int64_t encoded;
-        if (groups_encode_key(g, PySequence_Fast_GET_ITEM(seq, i), &hash, &encoded) < 0) {
+        KeyNames k;
+        if (read_key(g, PySequence_Fast_GET_ITEM(seq, i), &k) < 0) {
             Py_CLEAR(out);
             break;
         }
-        const GroupEntry *e = groups_find(g, g->scratch, (uint32_t)encoded, short_hash(hash));
+        const GroupEntry *e = groups_find(g, k.name, k.length, k.hash);
         PyObject *pair = summary(0, e ? e->count[0] : 0, e ? e->count[1] : 0);
         PyObject *value = pair != NULL ? PyTuple_GetSlice(pair, 1, 3) : NULL;
         Py_XDECREF(pair);

@@ -204,3 +204,71 @@ def test_many_producers_each_item_taken_exactly_once():
     assert sorted(taken) == sorted((p, i) for p in range(producers) for i in range(per_producer))
     for p in range(producers):  # each producer's items stay in its order
         assert [i for q, i in taken if q == p] == list(range(per_producer))
+
+
+# -- lingering ---------------------------------------------------------------------------------
+
+LONG = 60.0  # a linger no test may wait out
+
+
+def take_in_thread(buf: RingBuffer, linger: float):
+    """Start a consumer lingering up to ``linger``; returns (its result list, done Event)."""
+    result: list = []
+    done = threading.Event()
+
+    def take() -> None:
+        result.append(buf.take_all(timeout=WAIT_TIMEOUT, linger=linger))
+        done.set()
+
+    threading.Thread(target=take, daemon=True).start()
+    return result, done
+
+
+def wait_lingering(buf: RingBuffer) -> None:
+    """Until the consumer lingers (items pending, waiting on `wanted`)."""
+    from tests.conftest import wait_until
+
+    wait_until(lambda: buf._lingering)
+
+
+def test_a_lingering_take_gathers_later_puts_until_kicked():
+    buf = RingBuffer(100)
+    buf.put_many([1])
+    result, done = take_in_thread(buf, LONG)
+    wait_lingering(buf)
+    buf.put_many([2, 3])  # puts do not end the linger...
+    buf.put_many([4])
+    assert not done.is_set()
+    buf.kick()  # ...someone who wants the items does
+    assert done.wait(WAIT_TIMEOUT)
+    assert result == [([1, 2, 3, 4], 4)]
+    assert not buf._kicked  # the kick was used up by that take
+
+
+@pytest.mark.parametrize("how", ["room", "half-full", "close"])
+def test_a_producer_waiting_for_room_a_half_full_buffer_or_close_end_the_linger(how):
+    buf = RingBuffer(10)
+    buf.put_many([1, 2])
+    result, done = take_in_thread(buf, LONG)
+    wait_lingering(buf)
+    if how == "room":
+        waiter = threading.Thread(target=buf.put_many, args=([0] * 9, WAIT_TIMEOUT))
+        waiter.start()
+        assert done.wait(WAIT_TIMEOUT)
+        waiter.join(WAIT_TIMEOUT)
+        assert result == [([1, 2], 2)]
+        assert buf.take_all(0) == ([0] * 9, 11)
+    elif how == "half-full":
+        buf.put_many([3, 4, 5])  # 5 of 10
+        assert done.wait(WAIT_TIMEOUT)
+        assert result == [([1, 2, 3, 4, 5], 5)]
+    else:
+        buf.close()
+        assert done.wait(WAIT_TIMEOUT)
+        assert result == [([1, 2], 2)]
+
+
+def test_without_linger_a_take_returns_at_once():
+    buf = RingBuffer(10)
+    buf.put_many([1])
+    assert buf.take_all(timeout=0, linger=0.0) == ([1], 1)

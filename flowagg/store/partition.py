@@ -30,9 +30,10 @@ log = logging.getLogger("flowagg.partition")
 # Pause after a failed drain step before the next try, so a persistent fault does not spin.
 RETRY_BACKOFF_S = 0.05
 # How long the drainer lets flows gather after the first one arrives before it takes them all,
-# unless someone waits for them (a read, a flush, a snapshot): one wake-up of the drainer per
-# burst of POSTs instead of one per POST, while no reader ever waits for the linger.
-LINGER_S = 0.005
+# unless someone waits for them (a read, a flush, a snapshot), a POST waits for room, or the buffer
+# is half full (ringbuffer.py): one wake-up of the drainer per burst of POSTs instead of one per
+# POST, while no reader ever waits for the linger.
+LINGER_S = 0.02
 
 
 DrainObserver = Callable[[int, float], None]  # (flows applied, seconds taken) per drain step
@@ -57,14 +58,10 @@ class Partition:
         # of the tables made under the read lock knows exactly which flows it holds.
         self._tables_seq = 0
         self._batch_seq = 0  # sequence number of the batch being merged (drainer only)
-        # Guards _applied_seq and _waiting; `applied` is notified by the drainer after each
-        # merge; `wanted` by a reader that starts waiting for flows not yet applied, so that the
-        # lingering drainer takes them at once.
+        # Guards _applied_seq; `applied` is notified by the drainer after each merge.
         self._progress = threading.Lock()
         self.applied = threading.Condition(self._progress)
-        self.wanted = threading.Condition(self._progress)
         self._applied_seq = 0
-        self._waiting = 0  # threads in wait_applied for flows not yet applied
         # Flows taken from the buffer whose merge failed: retried first, never dropped.
         # Touched only by the thread running drain_once.
         self._retry: list[Flow] = []
@@ -78,13 +75,16 @@ class Partition:
 
     # -- the drainer -----------------------------------------------------------------------
 
-    def drain_once(self, timeout: float | None = 0.0) -> int:
-        """Take everything pending (waiting up to ``timeout`` for something) and apply it.
+    def drain_once(self, timeout: float | None = 0.0, linger: float = 0.0) -> int:
+        """Take everything pending (waiting up to ``timeout`` for something, then ``linger``
+        for more unless it is wanted now) and apply it.
 
         Returns the number of flows applied. This is the whole of the drainer's work, so tests
         can step a partition synchronously without starting its thread.
         """
-        batch, seq = self.buffer.take_all(0.0 if self._retry else timeout)
+        if self._retry:
+            timeout, linger = 0.0, 0.0
+        batch, seq = self.buffer.take_all(timeout, linger)
         if self._retry:
             batch = self._retry + batch
         if not batch:
@@ -123,23 +123,13 @@ class Partition:
     def _run(self) -> None:
         while True:
             try:
-                if not self._retry:
-                    self._gather()
-                applied = self.drain_once(timeout=0.0)
+                applied = self.drain_once(timeout=None, linger=LINGER_S)
             except Exception:
                 log.exception("partition %d: drain failed; retrying the batch", self.index)
                 time.sleep(RETRY_BACKOFF_S)  # a persistent fault must not spin a core
                 continue
             if not applied and not self._retry and self.buffer.finished:
                 return
-
-    def _gather(self) -> None:
-        """Wait for a first pending flow, then up to LINGER_S more unless a reader wants them or
-        the buffer is closing (drainer only)."""
-        if not self.buffer.wait_pending(timeout=None):
-            return  # finished
-        with self.wanted:
-            self.wanted.wait_for(lambda: self._waiting or self.buffer.closed, LINGER_S)
 
     # -- readers ---------------------------------------------------------------------------
 
@@ -159,18 +149,15 @@ class Partition:
         with self.applied:
             if self._applied_seq >= seq:
                 return
-            self._waiting += 1
-            self.wanted.notify()
-            try:
-                while self._applied_seq < seq:
-                    left = remaining(deadline)
-                    if left == 0.0:
-                        raise ReadTimeout(
-                            f"partition {self.index} did not apply pending flows within {timeout} s"
-                        )
-                    self.applied.wait(left)
-            finally:
-                self._waiting -= 1
+        self.buffer.kick()  # a lingering drainer takes them now
+        with self.applied:
+            while self._applied_seq < seq:
+                left = remaining(deadline)
+                if left == 0.0:
+                    raise ReadTimeout(
+                        f"partition {self.index} did not apply pending flows within {timeout} s"
+                    )
+                self.applied.wait(left)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything enqueued so far has been applied."""
@@ -276,8 +263,6 @@ class Partition:
         Returns False if the drainer did not finish within ``timeout`` seconds.
         """
         self.buffer.close()
-        with self.wanted:  # a lingering drainer takes what is left at once
-            self.wanted.notify_all()
         if self._thread is None:
             while self.drain_once(timeout=None) or self._retry or not self.buffer.finished:
                 pass

@@ -8,6 +8,11 @@ Every item gets a sequence number: the n-th item ever put has number n (from 1).
 returns the number of its last item and ``take_all`` the number of the last item it took, which is
 what lets a reader wait until everything enqueued before it has been applied (see partition.py).
 
+The consumer may linger (``take_all(linger=...)``): after the first item arrives it waits a little
+longer so that one take gathers a burst of puts, unless someone wants the items now (``kick``: a
+reader waiting for them), a producer waits for room, or the buffer is half full. Puts do not wake
+a lingering consumer, so a burst of N puts costs one wake-up, not N.
+
 Room can be reserved ahead of the put (``reserve`` / ``put_reserved`` / ``cancel``), so a producer
 writing to several buffers can first make sure all of them have room and put nothing otherwise.
 A batch larger than the whole capacity is admitted when the buffer is empty, so no valid batch is
@@ -62,12 +67,19 @@ class RingBuffer(Generic[T]):
         self._reserved = 0  # items reserved by producers but not yet put
         self._put_seq = 0  # sequence number of the last item put
         self._closed = False
+        self._kicked = False  # someone wants the pending items now (kick); reset by take_all
+        self._room_waiters = 0  # producers waiting for room
+        self._lingering = False  # the consumer waits on `wanted` with items pending
         # One mutex guards every field above.
         self._mutex = threading.Lock()
         # Notified by puts when items arrive and by close(); the consumer waits on it.
         self.not_empty = threading.Condition(self._mutex)
         # Notified when room is freed (take_all, cancel) and by close(); producers wait on it.
         self.not_full = threading.Condition(self._mutex)
+        # Notified by kick(), by a producer that starts waiting for room, by a put that leaves
+        # the buffer half full while the consumer lingers, and by close(): the lingering
+        # consumer waits on it.
+        self.wanted = threading.Condition(self._mutex)
 
     def __len__(self) -> int:
         """Items pending (put and not yet taken)."""
@@ -135,8 +147,9 @@ class RingBuffer(Generic[T]):
             self._append(items)
             return self._put_seq
 
-    def take_all(self, timeout: float | None = None) -> tuple[list[T], int]:
-        """Remove and return every pending item, waiting up to ``timeout`` for the first one.
+    def take_all(self, timeout: float | None = None, linger: float = 0.0) -> tuple[list[T], int]:
+        """Remove and return every pending item, waiting up to ``timeout`` for the first one,
+        then up to ``linger`` seconds more for others, unless the items are wanted now.
 
         Returns ``(items, seq)`` where ``seq`` is the sequence number of the last item taken
         (or of the last item ever put, when nothing was pending). Once the buffer is closed it
@@ -145,10 +158,37 @@ class RingBuffer(Generic[T]):
         deadline = deadline_after(timeout)
         with self.not_empty:
             self._wait_pending(deadline)
+            if linger > 0 and self._batches:
+                self._linger(deadline_after(linger))
+            self._kicked = False
             items = self._take_batches()
             if items:
                 self.not_full.notify_all()
             return items, self._put_seq
+
+    def kick(self) -> None:
+        """Someone waits for the pending items: a lingering consumer takes them now."""
+        with self._mutex:
+            self._kicked = True
+            self.wanted.notify()
+
+    def _linger(self, deadline: float | None) -> None:
+        # Caller holds the mutex and has found items pending.
+        self._lingering = True
+        try:
+            while not (
+                self._kicked or self._closed or self._room_waiters or self._half_full()
+            ):
+                left = remaining(deadline)
+                if left == 0.0:
+                    return
+                self.wanted.wait(left)
+        finally:
+            self._lingering = False
+
+    def _half_full(self) -> bool:
+        # Caller holds the mutex.
+        return 2 * (self._size + self._reserved) >= self.capacity
 
     def wait_pending(self, timeout: float | None = None) -> bool:
         """Wait until something is pending (True), or the buffer is finished or ``timeout``
@@ -173,6 +213,7 @@ class RingBuffer(Generic[T]):
             self._closed = True
             self.not_empty.notify_all()
             self.not_full.notify_all()
+            self.wanted.notify_all()
 
     def _fits(self, n: int) -> bool:
         # Caller holds the mutex. An empty buffer admits any batch, however large.
@@ -181,11 +222,17 @@ class RingBuffer(Generic[T]):
 
     def _wait_for_room(self, n: int, deadline: float | None, timeout: float | None) -> None:
         # Caller holds the mutex.
-        while not self._closed and not self._fits(n):
-            left = remaining(deadline)
-            if left == 0.0:
-                raise Full(f"no room for {n} items within {timeout} s")
-            self.not_full.wait(left)
+        if not self._closed and not self._fits(n):
+            self._room_waiters += 1
+            self.wanted.notify()  # a lingering consumer makes room now
+            try:
+                while not self._closed and not self._fits(n):
+                    left = remaining(deadline)
+                    if left == 0.0:
+                        raise Full(f"no room for {n} items within {timeout} s")
+                    self.not_full.wait(left)
+            finally:
+                self._room_waiters -= 1
         if self._closed:
             raise Closed("buffer is closed")
 
@@ -197,7 +244,11 @@ class RingBuffer(Generic[T]):
         self._batches += 1
         self._size += len(items)
         self._put_seq += len(items)
-        self.not_empty.notify()
+        if self._lingering:
+            if self._half_full():
+                self.wanted.notify()
+        else:
+            self.not_empty.notify()
 
     def _take_batches(self) -> list[T]:
         # Caller holds the mutex. Empties every pending slot, so the buffer keeps no references

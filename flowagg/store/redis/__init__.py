@@ -1,0 +1,10 @@
+"""The Redis store: stateless instances over one Redis node or a Redis Cluster.
+
+    store.py        ``RedisStore``: ingest, reads, range queries, retention, lifecycle
+    commit.py       the partitions: ring buffer, drainer, group commit of each drain step
+    client.py       nodes, slot map, pipelines per primary, faults, loading the functions
+    layout.py       keys, buckets, the field encoding of a flow key, counters (versioned)
+    functions.lua   the Redis Functions library that commits a bucket and notes the hours
+
+``create_app`` imports ``store.open_redis_store``; nothing is re-exported here.
+"""

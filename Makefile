@@ -14,7 +14,7 @@ THREADS ?= 8
 NATIVE_SOURCES := $(wildcard flowagg/store/native/*.c flowagg/store/native/*.h)
 NATIVE := $(VENV)/.native-built
 
-.PHONY: run test bench lint check-native clean
+.PHONY: run test bench lint check-native clean redis-tools
 
 $(BIN)/activate: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,8 +29,16 @@ $(NATIVE): $(BIN)/activate pyproject.toml $(NATIVE_SOURCES)
 run: $(NATIVE)
 	$(BIN)/waitress-serve --host=$(HOST) --port=$(PORT) --threads=$(THREADS) wsgi:app
 
-test: $(NATIVE)
+test: $(NATIVE) redis-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Debian's redis-server and redis-tools: the Redis store's tests start a real cluster with them.
+# Installed here when missing and we may (root with apt-get); without them those tests fail.
+redis-tools:
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && apt-get install -y -qq redis-server redis-tools; } >/dev/null 2>&1; } || \
+		echo "redis-server cannot be installed: the Redis store's tests will fail"
 
 # wrk is a Debian package: installed here when missing and we may (root with apt-get);
 # without it the harness drives the servers with locust instead.

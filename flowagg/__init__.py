@@ -15,6 +15,7 @@ from flowagg.metrics import Metrics
 from flowagg.shutdown import exit_on_sigterm
 from flowagg.store.durable import open_durable_store
 from flowagg.store.memory import PartitionedStore
+from flowagg.store.redis.store import open_redis_store
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     metrics = Metrics()
     metrics.watch_log(log_buffer)
-    if app.config["FLOWAGG_DATA_DIR"] is None:
+    if app.config["FLOWAGG_REDIS_URL"] is not None:  # stateless: everything is in Redis
+        store = open_redis_store(app.config, metrics)
+        exit_on_sigterm(store)
+    elif app.config["FLOWAGG_DATA_DIR"] is None:
         store = PartitionedStore(
             partitions=app.config["FLOWAGG_PARTITIONS"],
             buffer_capacity=app.config["FLOWAGG_BUFFER_CAPACITY"],

@@ -1,6 +1,7 @@
 """The Redis store: stateless instances over one Redis node or a Redis Cluster.
 
-    store.py        ``RedisStore``: ingest, reads, range queries, retention, lifecycle
+    store.py        ``RedisStore``: ingest, reads, range queries, lifecycle
+    retention.py    the retention window across instances: the newest hour, expiry
     commit.py       the partitions: ring buffer, drainer, group commit of each drain step
     client.py       nodes, slot map, pipelines per primary, faults, loading the functions
     layout.py       keys, buckets, the field encoding of a flow key, counters (versioned)

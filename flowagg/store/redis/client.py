@@ -34,8 +34,10 @@ from typing import Any
 
 import redis
 from redis import exceptions
+from redis.backoff import NoBackoff
 from redis.connection import parse_url
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.retry import Retry
 
 from flowagg.store.redis.layout import LIBRARY
 
@@ -96,6 +98,7 @@ class RedisClient:
         self._options = {
             **options,
             "protocol": 3,
+            "retry": Retry(NoBackoff(), 0),  # execute() decides what is sent again, and when
             "socket_timeout": timeout_s,
             "socket_connect_timeout": timeout_s,
         }
@@ -231,11 +234,12 @@ class RedisClient:
             if not node.functions_loaded:
                 with self._lock:
                     self._load_functions(node)
-            conn = node.pool.get_connection()
             try:
-                conn.connect()
+                conn = node.pool.get_connection()  # connects, if the pool had no connection
             except (exceptions.ConnectionError, exceptions.TimeoutError) as exc:
-                self._fail(conn, node, group, "refused", exc)
+                self._count(exc)
+                for call in group:
+                    call.state, call.error = "refused", exc
                 continue
             try:
                 conn.send_packed_command(conn.pack_commands([c.args for c in group]))

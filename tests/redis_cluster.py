@@ -8,8 +8,9 @@ restart a killed primary and expect what it acknowledged), and the cluster keeps
 of the live primaries while one is down (``cluster-require-full-coverage no``), so a test can tell
 the requests that touch the stopped one from those that do not.
 
-The ``redis_cluster`` fixture (session-scoped) starts one for the whole run and stops every node
-by its pid at the end, also on failure. Without redis-server (``make test`` installs it) the tests
+The ``redis_cluster`` fixture (session-scoped; tests/conftest.py makes it and ``cluster`` visible
+to every test module) starts one for the whole run and stops every node by its pid at the end,
+also on failure. Without redis-server (``make test`` installs it) the tests
 that use it fail; they never skip.
 """
 
@@ -137,15 +138,16 @@ class RedisCluster:
     def wait_ok(self, timeout: float = START_TIMEOUT) -> None:
         """Wait until every node says the cluster is ok and knows every node."""
         deadline = time.monotonic() + timeout
+        states: list[str] = []
         while True:
             try:
                 states = [node.state() for node in self.nodes]
                 size = f"cluster_known_nodes:{len(self.nodes)}"
                 if all("cluster_state:ok" in s and size in s for s in states):
                     return
-            except redis.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, "the Redis cluster did not become ok in time"
+            except redis.ConnectionError as exc:
+                states = [repr(exc)]
+            assert time.monotonic() < deadline, f"the Redis cluster is not ok in time: {states}"
             time.sleep(0.05)
 
     def primary_of(self, key: str) -> RedisNode:

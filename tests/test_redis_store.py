@@ -18,13 +18,12 @@ from flowagg.store.memory import PartitionedStore
 from flowagg.store.redis import layout
 from flowagg.store.redis.store import RedisStore
 from tests.conftest import WAIT_TIMEOUT
-from tests.redis_cluster import cluster, redis_cluster  # noqa: F401 (fixtures)
 
 INT64_MAX = 2**63 - 1
 
 
 @pytest.fixture
-def make_store(cluster):  # noqa: F811
+def make_store(cluster):
     stores = []
 
     def make(**options) -> RedisStore:
@@ -38,7 +37,7 @@ def make_store(cluster):  # noqa: F811
         assert store.close(WAIT_TIMEOUT)
 
 
-def test_counters_beyond_2_64_are_exact_in_one_commit_and_across_commits(make_store, cluster):  # noqa: F811
+def test_counters_beyond_2_64_are_exact_in_one_commit_and_across_commits(make_store, cluster):
     a, b = make_store(), make_store()
     # One request summing past 2**64 (sent split into low part and carry) ...
     assert a.ingest([Flow("big", "d", "v", INT64_MAX, INT64_MAX, 1)] * 5, WAIT_TIMEOUT) == 5
@@ -117,7 +116,7 @@ def test_the_same_key_on_two_instances_at_once_is_applied_once(make_store):
     )
 
 
-def key_not_on(cluster, node, prefix: str) -> str:  # noqa: F811
+def key_not_on(cluster, node, prefix: str) -> str:
     """An Idempotency-Key whose request key does not live on ``node``."""
     for i in range(1000):
         key = f"{prefix}-{i}"
@@ -126,7 +125,7 @@ def key_not_on(cluster, node, prefix: str) -> str:  # noqa: F811
     raise AssertionError("no key found")
 
 
-def test_a_request_applied_in_part_is_completed_by_its_retry_once(make_store, cluster):  # noqa: F811
+def test_a_request_applied_in_part_is_completed_by_its_retry_once(make_store, cluster):
     """A primary is killed: the keyed request commits on the others only (503, "partly"); its
     retry through another instance, once the primary is back, applies exactly the rest."""
     a, b = make_store(timeout_s=0.3), make_store()
@@ -151,7 +150,7 @@ def test_a_request_applied_in_part_is_completed_by_its_retry_once(make_store, cl
     assert a.health(0.9) == []
 
 
-def test_a_request_without_key_that_failed_says_so_and_nothing_is_answered_200(make_store, cluster):  # noqa: F811
+def test_a_request_without_key_that_failed_says_so_and_nothing_is_answered_200(make_store, cluster):
     store = make_store(timeout_s=0.3)
     victim = cluster.primary_of(layout.HOURS_KEY)  # every commit notes its hours there first
     victim.kill()
@@ -164,7 +163,7 @@ def test_a_request_without_key_that_failed_says_so_and_nothing_is_answered_200(m
     assert store.read_hour(11, WAIT_TIMEOUT) == [("s", "d", "v", 1, 1)]
 
 
-def test_functions_are_loaded_again_on_a_primary_that_lost_them(make_store, cluster):  # noqa: F811
+def test_functions_are_loaded_again_on_a_primary_that_lost_them(make_store, cluster):
     metrics = Metrics()
     store = make_store(metrics=metrics)
     for node in cluster.nodes:
@@ -181,7 +180,7 @@ def test_functions_are_loaded_again_on_a_primary_that_lost_them(make_store, clus
         assert library[library.index(b"library_name") + 1] == b"flowagg_v1"
 
 
-def test_retention_is_shared_by_the_instances(make_store, cluster):  # noqa: F811
+def test_retention_is_shared_by_the_instances(make_store, cluster):
     a, b = make_store(retention_hours=2), make_store(retention_hours=2)
     assert a.ingest([Flow("s", "d", "v", 1, 1, 5)], WAIT_TIMEOUT) == 1
     assert a.ingest([Flow("s", "d", "v", 1, 1, 10)], WAIT_TIMEOUT) == 1  # expires hour 5

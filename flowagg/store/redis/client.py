@@ -8,7 +8,8 @@ primary it finds, with ``FUNCTION LOAD REPLACE``, and again on a primary that an
 
 ``execute`` runs a list of ``Call``s: each goes to the primary of its key's slot, the calls of a
 primary are pipelined on one connection, and every primary's pipeline is written before any
-reply is read, so a commit over three primaries costs one round trip, not three. Each call then
+reply is read, so a commit over three primaries costs one round trip, not three (hiredis packs
+the commands in C: str, bytes and int arguments, nothing else). Each call then
 knows one of three states:
 
     done       the reply arrived (``reply``)
@@ -33,6 +34,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from hiredis import pack_command
 from redis import exceptions
 from redis.backoff import NoBackoff
 from redis.connection import parse_url
@@ -242,8 +244,8 @@ class RedisClient:
                     call.state, call.error = "refused", exc
                 continue
             try:
-                conn.send_packed_command(conn.pack_commands([c.args for c in group]))
-            except (exceptions.ConnectionError, exceptions.TimeoutError) as exc:
+                conn.send_packed_command([b"".join([pack_command(c.args) for c in group])])
+            except Exception as exc:  # what went out before the error may run
                 self._fail(conn, node, group, "unknown", exc)
                 continue
             sent.append((node, conn, group))
@@ -257,7 +259,7 @@ class RedisClient:
             except (exceptions.ResponseError, exceptions.BusyLoadingError) as exc:
                 call.state, call.error = self._refusal(node, exc), exc
                 self._count(exc)
-            except (exceptions.ConnectionError, exceptions.TimeoutError) as exc:
+            except Exception as exc:  # a timeout, a cut connection, a reply not understood
                 self._fail(conn, node, group[i:], "unknown", exc)
                 return
         node.pool.release(conn)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,14 +143,14 @@ class Committer:
         buckets = self.buckets
         small: list[list] = [[] for _ in range(buckets)]
         wide: list[list] = [[] for _ in range(buckets)]
-        encode, crc32, low = layout.encode_names, layout.zlib.crc32, layout.LOW
+        crc32, low, split = zlib.crc32, layout.LOW, layout.split_counter
         for src, dest, vpc, tx, rx in rows:
-            key = encode(src, dest, vpc)
-            bucket = crc32(key.encode()) % buckets
+            key = f"{len(src)}:{src}{len(dest)}:{dest}{len(vpc)}:{vpc}"  # layout.encode_names
+            bucket = crc32(key.encode()) % buckets  # layout.bucket_of, inlined: once per row
             if tx < low and rx < low:
                 small[bucket] += (key, tx, rx)
             else:
-                wide[bucket] += (key, *layout.split_counter(tx), *layout.split_counter(rx))
+                wide[bucket] += (key, *split(tx), *split(rx))
         return small, wide
 
 

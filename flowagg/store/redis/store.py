@@ -124,9 +124,10 @@ class RedisStore:
         flows = flows if isinstance(flows, list) else list(flows)
         if self.closed:
             raise Closed("store is closed")
-        self.window.check(flows)
-        if idempotency_key is not None:
-            self._claim(idempotency_key, flows)
+        # A retry of a keyed request is let through even if its hour has left the window since:
+        # what it applied is there (or expired with the hour), and its answer is the original.
+        if idempotency_key is None or not self._claim(idempotency_key, flows):
+            self.window.check(flows)
         if not flows:
             return 0
         parts = table.split(flows, len(self.partitions))
@@ -149,19 +150,22 @@ class RedisStore:
             reason = next(t.reason for _, t in tickets if t.outcome != APPLIED)
         raise Unreachable(f"the request was not committed: {reason}", applied)
 
-    def _claim(self, key: str, flows: list[Flow]) -> None:
-        """Bind ``key`` to these flows in Redis (first use) or check that it was bound to them
-        (a retry); ``KeyReused`` if it was bound to other flows."""
+    def _claim(self, key: str, flows: list[Flow]) -> bool:
+        """Bind ``key`` to these flows in Redis (first use: False) or check that it was bound to
+        them (a retry: True); ``KeyReused`` if it was bound to other flows."""
         fingerprint = f"{zlib.crc32(_fingerprint_encoder.encode(flows))}:{len(flows)}"
         name = layout.request_key(key)
         call = Call(name, ("SET", name, fingerprint, "NX", "EX", self.ttl_s, "GET"))
         self.client.execute([call], time.monotonic() + self.timeout_s, resend_unknown=True)
         if call.state != "done":
             raise Unreachable(f"cannot check the Idempotency-Key: {call.error}", NOTHING)
-        if call.reply is not None and call.reply.decode() != fingerprint:
+        if call.reply is None:
+            return False
+        if call.reply.decode() != fingerprint:
             raise KeyReused(
                 f"Idempotency-Key {key!r} was already used for a request with other flows"
             )
+        return True
 
     def _reserve(self, parts: dict[int, list[Flow]], timeout: float | None) -> None:
         """Hold room for every part in its buffer, or none (in ascending partition order, so

@@ -14,11 +14,12 @@ wrk posts 1,000-flow batches (loadtest/wrk/post.lua, 10,000 keys, 8 connections)
     redis x2     two instances together, each driven by its own wrk with 8 connections
 
 For the Redis runs the CPU time of the three redis-server processes is divided by the flows
-committed (Redis CPU per flow), and after the 1-hour run of one instance the keys of that hour
-are counted per primary (HLEN / 2 of each bucket): the spread is max / min. Last, a mixed load
-over two instances: 8 clients each post 100-flow batches (one flow of their own key) to one
-instance and every 5th request read their hour from the other, checking that it counts every
-batch of theirs acknowledged so far (read-your-writes violations; must be 0).
+committed (Redis CPU per flow; the flowagg processes' cores are shown too), and after the 1-hour
+run of one instance the keys of that hour are counted per primary (HLEN / 2 of each bucket): the
+spread is max / min. Last, a mixed load over two instances: 8 clients each post 100-flow batches
+(one flow of their own key) to one instance and every 5th request read their hour from the
+other, checking that it counts every batch of theirs acknowledged so far (read-your-writes
+violations; must be 0).
 
 Ratios are taken within a round and reported as the median over rounds with their min-max.
 Raw figures go to ``loadtest/results/redis-<timestamp>/results.json``.
@@ -65,8 +66,9 @@ def start(name: str, out: Path, threads: int, env: dict[str, str]) -> Server:
     return server
 
 
-def post_load(servers: list[Server], hours: int, opts) -> float:
-    """Flows/s of every server together, each driven by its own wrk at the same time."""
+def post_load(servers: list[Server], hours: int, opts) -> tuple[float, float]:
+    """Flows/s of every server together, each driven by its own wrk at the same time, and the
+    cores the servers used meanwhile (their CPU time over the wall time)."""
     driver = WrkDriver(opts.connections, opts.wrk_threads)
     load = Load("post1000", {"flows": 1000, "keys": 10_000, "hours": hours, "bodies": 16}, 1000)
     results: list[dict] = []
@@ -75,14 +77,16 @@ def post_load(servers: list[Server], hours: int, opts) -> float:
         results.append(driver.run(server.url, load, opts.duration))
 
     threads = [threading.Thread(target=drive, args=(s,)) for s in servers]
+    started = time.monotonic(), sum(s.cpu_seconds() for s in servers)
     for t in threads:
         t.start()
     for t in threads:
         t.join(opts.duration + 120)
+    cores = (sum(s.cpu_seconds() for s in servers) - started[1]) / (time.monotonic() - started[0])
     errors = sum(r["errors"] for r in results)
     if errors or len(results) != len(servers):
         raise RuntimeError(f"the load had {errors} errors")
-    return sum((r["requests"] * 1000) / r["duration_s"] for r in results)
+    return sum((r["requests"] * 1000) / r["duration_s"] for r in results), cores
 
 
 def spread(cluster: RedisCluster, hour: int, buckets: int) -> dict:
@@ -109,9 +113,7 @@ def mixed(servers: list[Server], seconds: float, clients: int = 8) -> dict:
         mine, acked, n = f"client-{c}", 0, 0
         try:
             while time.monotonic() < deadline:
-                batch = [_flow(mine, 1)] + [
-                    _flow(f"noise-{rng.randrange(5000)}", 1) for _ in range(99)
-                ]
+                batch = [_flow(mine)] + [_flow(f"noise-{rng.randrange(5000)}") for _ in range(99)]
                 post.request("POST", "/flows", json.dumps(batch))
                 response = post.getresponse()
                 response.read()
@@ -139,6 +141,10 @@ def mixed(servers: list[Server], seconds: float, clients: int = 8) -> dict:
                         totals["errors"] += 1
                     elif own != [acked]:
                         totals["violations"] += 1
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            with lock:
+                totals["errors"] += 1
+                totals.setdefault("first_error", repr(exc))
         finally:
             post.close()
             get.close()
@@ -151,8 +157,8 @@ def mixed(servers: list[Server], seconds: float, clients: int = 8) -> dict:
     return totals
 
 
-def _flow(src: str, tx: int) -> dict:
-    return {"src_app": src, "dest_app": "d", "vpc_id": "v", "bytes_tx": tx, "bytes_rx": 1,
+def _flow(src: str) -> dict:
+    return {"src_app": src, "dest_app": "d", "vpc_id": "v", "bytes_tx": 1, "bytes_rx": 1,
             "hour": MIXED_HOUR}  # fmt: skip
 
 
@@ -170,14 +176,16 @@ def bench(opts, log) -> dict:
             for label, hours in SCENARIOS.items():
                 server = start("embedded", out, opts.threads, embedded_env)
                 try:
-                    figures[f"embedded {label}"] = post_load([server], hours, opts)
+                    rate, figures[f"embedded cores {label}"] = post_load([server], hours, opts)
+                    figures[f"embedded {label}"] = rate
                 finally:
                     server.stop()
                 cluster.flush()
                 server = start("redis", out, opts.threads, env)
                 try:
                     cpu = redis_cpu(cluster)
-                    rate = figures[f"redis {label}"] = post_load([server], hours, opts)
+                    rate, figures[f"redis cores {label}"] = post_load([server], hours, opts)
+                    figures[f"redis {label}"] = rate
                     figures[f"redis cpu us/flow {label}"] = (
                         1e6 * (redis_cpu(cluster) - cpu) / (rate * opts.duration)
                     )
@@ -189,13 +197,13 @@ def bench(opts, log) -> dict:
                 servers = [start("redis-a", out, opts.threads, env)]
                 try:
                     servers.append(start("redis-b", out, opts.threads, second))
-                    figures[f"redis x2 {label}"] = post_load(servers, hours, opts)
+                    rate, figures[f"redis x2 cores {label}"] = post_load(servers, hours, opts)
+                    figures[f"redis x2 {label}"] = rate
                 finally:
                     for server in servers:
                         server.stop()
-                log(f"round {round_no + 1} {label}: " + ", ".join(
-                    f"{k} {v:,.0f}" for k, v in figures.items() if isinstance(v, float) and label in k
-                ))  # fmt: skip
+                shown = [f"{k} {v:,.0f}" for k, v in figures.items() if k.endswith(label)]
+                log(f"round {round_no + 1} {label}: " + ", ".join(shown))
             cluster.flush()
             servers = [start("redis-a", out, opts.threads, env)]
             try:
@@ -212,40 +220,44 @@ def bench(opts, log) -> dict:
 
 
 def median_range(values: list[float], fmt: str) -> str:
-    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+    """The median and, in brackets, the range: the noise of the machine over the rounds."""
+    median, low, high = (fmt.format(f(values)) for f in (statistics.median, min, max))
+    return f"{median} ({low}–{high})"
 
 
 def report(results: dict) -> str:
     rounds = results["rounds"]
     lines = [
-        "| store | hours | flows/s | vs embedded | Redis CPU µs/flow |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| store | hours | flows/s | vs embedded | flowagg cores | Redis CPU µs/flow |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for label in SCENARIOS:
         base = [r[f"embedded {label}"] for r in rounds]
-        lines.append(f"| embedded | {label} | {median_range(base, '{:,.0f}')} | 1 | – |")
-        for name in ("redis", "redis x2"):
-            rates = [r[f"{name} {label}"] for r in rounds]
-            ratios = [r[f"{name} {label}"] / r[f"embedded {label}"] for r in rounds]
-            cpu = (
-                median_range([r[f"redis cpu us/flow {label}"] for r in rounds], "{:.1f}")
-                if name == "redis"
-                else "–"
-            )
-            who = "one instance over the cluster" if name == "redis" else "two instances together"
-            lines.append(
-                f"| {who} | {label} | {median_range(rates, '{:,.0f}')} | {median_range(ratios, '{:.2f}')}x | {cpu} |"
-            )
-    spreads = [r["spread"]["max_over_min"] for r in rounds]
-    mixed_runs = [r["mixed"] for r in rounds]
+        cores = median_range([r[f"embedded cores {label}"] for r in rounds], "{:.2f}")
+        lines.append(f"| embedded | {label} | {median_range(base, '{:,.0f}')} | 1 | {cores} | – |")
+        for name, who in (
+            ("redis", "one instance over the cluster"),
+            ("redis x2", "two instances"),
+        ):
+            rates = median_range([r[f"{name} {label}"] for r in rounds], "{:,.0f}")
+            ratios = median_range([r[f"{name} {label}"] / r[f"embedded {label}"] for r in rounds],
+                                  "{:.2f}x")  # fmt: skip
+            cores = median_range([r[f"{name} cores {label}"] for r in rounds], "{:.2f}")
+            cpu = "–"
+            if name == "redis":
+                cpu = median_range([r[f"redis cpu us/flow {label}"] for r in rounds], "{:.1f}")
+            lines.append(f"| {who} | {label} | {rates} | {ratios} | {cores} | {cpu} |")
+    spreads = median_range([r["spread"]["max_over_min"] for r in rounds], "{:.2f}")
+    total = {
+        k: sum(r["mixed"][k] for r in rounds) for k in ("violations", "gets", "posts", "errors")
+    }
     lines += [
         "",
-        f"Keys of the current hour per primary, max / min: {median_range(spreads, '{:.2f}')}"
+        f"Keys of the current hour per primary, max / min: {spreads}"
         f" (round 1: {rounds[0]['spread']['keys']}).",
-        f"Mixed load over two instances: {sum(m['violations'] for m in mixed_runs)} read-your-writes"
-        f" violations in {sum(m['gets'] for m in mixed_runs):,} checked GETs"
-        f" ({sum(m['posts'] for m in mixed_runs):,} POSTs, {sum(m['errors'] for m in mixed_runs)} errors).",
-    ]  # fmt: skip
+        f"Mixed load over two instances: {total['violations']} read-your-writes violations in"
+        f" {total['gets']:,} checked GETs ({total['posts']:,} POSTs, {total['errors']} errors).",
+    ]
     return "\n".join(lines) + "\n"
 
 

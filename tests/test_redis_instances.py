@@ -6,11 +6,8 @@ cluster. Writers and readers talk HTTP to both, as clients behind a load balance
 
 from __future__ import annotations
 
-import http.client
-import itertools
 import json
 import random
-import signal
 import threading
 import time
 
@@ -20,7 +17,7 @@ from flowagg import create_app
 from flowagg.store.redis import layout
 from tests.conftest import WAIT_TIMEOUT, flow
 from tests.serverproc import WAITRESS, ServerProcess
-from tests.test_crash import Ledger, expected_rows, request_flows
+from tests.test_crash import Ledger, expected_rows, kill_under_load
 
 HOURS = 12  # request_flows' hours
 
@@ -175,22 +172,7 @@ def test_sigkill_under_load_keeps_every_acknowledged_request_and_retries_count_o
         for round_no in range(2):
             a = start_instance(cluster.nodes[0].address)
             try:
-                stop = threading.Event()
-                writers = [
-                    threading.Thread(target=write, args=(a, ledger, f"r{round_no}w{w}", stop))
-                    for w in range(6)
-                ]
-                for t in writers:
-                    t.start()
-                try:
-                    ledger.wait_acked(random.randrange(20, 120), WAIT_TIMEOUT * 3)
-                    a.proc.send_signal(signal.SIGKILL)
-                    assert a.proc.wait(WAIT_TIMEOUT) == -signal.SIGKILL
-                finally:
-                    stop.set()
-                    for t in writers:
-                        t.join(WAIT_TIMEOUT)
-                assert not any(t.is_alive() for t in writers) and ledger.errors == []
+                kill_under_load(a, ledger, f"r{round_no}", 6, random.randrange(20, 120))
             finally:
                 a.kill()
             ledger.acked_this_round = 0
@@ -208,35 +190,6 @@ def test_sigkill_under_load_keeps_every_acknowledged_request_and_retries_count_o
         assert len(ledger.sent) > 40
     finally:
         b.kill()
-
-
-def write(server: ServerProcess, ledger: Ledger, seed: str, stop: threading.Event) -> None:
-    """Post keyed requests until stopped or the server dies (test_crash's writer, over HTTP)."""
-    rng, conn = random.Random(seed), server.connection()
-    try:
-        for i in itertools.count():
-            if stop.is_set():
-                return
-            request_id = f"{seed}-{i}"
-            flows = request_flows(rng, request_id)
-            with ledger.mutex:
-                ledger.sent[request_id] = flows
-            conn.request("POST", "/flows", json.dumps(flows), {"Idempotency-Key": request_id})
-            response = conn.getresponse()
-            body = response.read()
-            with ledger.acknowledged:
-                if response.status != 200:
-                    ledger.errors.append(f"{request_id}: {response.status} {body!r}")
-                else:
-                    ledger.acked.add(request_id)
-                    ledger.acked_this_round += 1
-                ledger.acknowledged.notify_all()
-                if response.status != 200:
-                    return
-    except (OSError, http.client.HTTPException):
-        return  # the server was killed: this request is in flight, or was never sent
-    finally:
-        conn.close()
 
 
 def rows_by_request(server: ServerProcess) -> dict[str, dict]:

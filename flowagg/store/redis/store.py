@@ -37,6 +37,7 @@ from flowagg.store.base import (
     Top,
     Unreachable,
 )
+from flowagg.store.memory import partition_problems
 from flowagg.store.redis import layout
 from flowagg.store.redis.client import Call, NoNode, RedisClient
 from flowagg.store.redis.commit import (
@@ -278,15 +279,7 @@ class RedisStore:
         return StoreStats([p.stats() for p in self.partitions], self.window.hours_dropped)
 
     def health(self, high_watermark: float) -> list[str]:
-        problems = []
-        for p in self.stats().partitions:
-            if not p.drainer_alive:
-                problems.append(f"drainer: partition {p.index} drainer is not running")
-            if p.depth > high_watermark * p.capacity:
-                problems.append(
-                    f"buffer: partition {p.index} holds {p.depth} of {p.capacity} flows"
-                    f" (above {high_watermark:.0%})"
-                )
+        problems = partition_problems(self.stats().partitions, high_watermark)
         return problems + self.client.health()
 
     def close(self, timeout: float | None = None) -> bool:

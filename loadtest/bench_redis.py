@@ -4,10 +4,10 @@
     .venv/bin/python -m loadtest.bench_redis --quick    # about 2 minutes
 
 Everything runs on 127.0.0.1 in one run, so the ratios compare like with like. A Redis Cluster of
-3 primaries (tests/redis_cluster.py: Debian's redis-server, AOF with ``appendfsync everysec``)
-is started once. In each round, every server starts afresh (``waitress-serve --threads=8``) and
-wrk posts 1,000-flow batches (loadtest/wrk/post.lua, 10,000 keys, 8 connections) for
-``--duration`` seconds, over 1 hour and over 24 hours, to:
+3 primaries (tests/redis_cluster.py: Debian's redis-server, AOF with ``appendfsync everysec``;
+``--aof`` picks another) is started once. In each round, every server starts afresh
+(``waitress-serve --threads=8``) and wrk posts 1,000-flow batches (loadtest/wrk/post.lua, 10,000
+keys, 8 connections) for ``--duration`` seconds, over 1 hour and over 24 hours, to:
 
     embedded     one instance with the in-memory store (the baseline)
     redis        one instance over the cluster
@@ -165,7 +165,7 @@ def _flow(src: str) -> dict:
 def bench(opts, log) -> dict:
     out = opts.out
     root = Path(tempfile.mkdtemp(prefix="flowagg-bench-redis-"))
-    cluster = RedisCluster(root, appendfsync="everysec").start()
+    cluster = RedisCluster(root, appendfsync=opts.aof).start()
     env = {"FLOWAGG_REDIS_URL": cluster.url, "FLOWAGG_LOG_LEVEL": "warning"}
     second = {**env, "FLOWAGG_REDIS_URL": f"redis://{cluster.nodes[1].address}"}
     embedded_env = {"FLOWAGG_LOG_LEVEL": "warning"}
@@ -270,6 +270,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=8, help="connections per instance")
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--out", type=Path, help="results directory (default loadtest/results)")
+    parser.add_argument(
+        "--aof",
+        choices=("everysec", "always", "no", "no-aof"),
+        default="everysec",
+        help="the primaries' appendfsync, or no-aof for no append-only file (default everysec)",
+    )
     opts = parser.parse_args(argv)
     opts.rounds = opts.rounds or (2 if opts.quick else 3)
     opts.duration = opts.duration or (4 if opts.quick else 6)

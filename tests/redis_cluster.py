@@ -62,8 +62,8 @@ class RedisNode:
                     "cluster-config-file nodes.conf",
                     "cluster-node-timeout 2000",
                     "cluster-require-full-coverage no",
-                    "appendonly yes",
-                    f"appendfsync {appendfsync}",
+                    f"appendonly {'no' if appendfsync == 'no-aof' else 'yes'}",
+                    f"appendfsync {'everysec' if appendfsync == 'no-aof' else appendfsync}",
                     'save ""',
                     "protected-mode yes",
                     f"logfile {directory / 'redis.log'}",
@@ -108,6 +108,7 @@ class RedisNode:
 
 class RedisCluster:
     def __init__(self, root: Path, nodes: int = 3, appendfsync: str = "always") -> None:
+        """``appendfsync``: always, everysec or no, or ``no-aof`` for no append-only file."""
         self.root = root
         self.nodes = [RedisNode(root / f"node-{i}", free_port(), appendfsync) for i in range(nodes)]
 

@@ -13,7 +13,15 @@ import pytest
 
 from flowagg.metrics import Metrics
 from flowagg.schema import Flow
-from flowagg.store.base import Expired, HoursHeld, KeyReused, Query, QueryTooLarge, Unreachable
+from flowagg.store.base import (
+    Expired,
+    HoursHeld,
+    KeyReused,
+    Query,
+    QueryTooLarge,
+    ReadTimeout,
+    Unreachable,
+)
 from flowagg.store.memory import PartitionedStore
 from flowagg.store.redis import layout
 from flowagg.store.redis.store import RedisStore
@@ -240,3 +248,45 @@ def test_a_query_over_too_many_key_hours_is_refused_before_scanning(make_store):
     assert store.top(Query(30, 30), WAIT_TIMEOUT).total.groups == 60
     with pytest.raises(QueryTooLarge, match="would scan 120 key-hours"):
         store.top(Query(30, 31), WAIT_TIMEOUT)
+
+
+def test_a_later_step_answers_its_posts_but_reads_wait_for_every_earlier_step(make_store):
+    """Two drainers of a partition commit at once. The second step's POST is answered as soon as
+    it is committed; a read still waits until the first, held in its commit, is done too."""
+    store = make_store(start=False)
+    partition = store.partition_for(40)
+    committer = partition._committer
+    entered, release = threading.Event(), threading.Event()
+    original = committer.commit
+
+    def held_commit(batch, tickets, first_seq):
+        if not entered.is_set():  # the first step waits here, with its flows taken
+            entered.set()
+            assert release.wait(WAIT_TIMEOUT)
+        return original(batch, tickets, first_seq)
+
+    committer.commit = held_commit
+    answers: dict[str, int] = {}
+
+    def post(name: str) -> None:
+        answers[name] = store.ingest([Flow(name, "d", "v", 1, 1, 40)], WAIT_TIMEOUT)
+
+    first = threading.Thread(target=post, args=("first",))
+    second = threading.Thread(target=post, args=("second",))
+    partition.start(drainers=2)
+    try:
+        first.start()
+        assert entered.wait(WAIT_TIMEOUT)
+        second.start()
+        second.join(WAIT_TIMEOUT)
+        assert answers == {"second": 1}  # committed and answered while the first is held
+        with pytest.raises(ReadTimeout):
+            store.read_hour(40, 0.2)  # the first step's flow may not be in Redis yet
+    finally:
+        release.set()
+        first.join(WAIT_TIMEOUT)
+    assert answers == {"first": 1, "second": 1}
+    assert store.read_hour(40, WAIT_TIMEOUT) == [
+        ("first", "d", "v", 1, 1),
+        ("second", "d", "v", 1, 1),
+    ]

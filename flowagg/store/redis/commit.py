@@ -46,6 +46,11 @@ MAYBE = "maybe"  # some calls may or may not have run
 
 CommitObserver = Callable[[int, float, bool], None]  # (flows, seconds, committed) per step
 
+# Steps of one partition that may commit at the same time. Each step's Python work (summing,
+# building the calls) then overlaps another's wait for Redis: with one, the current hour, which
+# lives in one partition, committed one step at a time and left the primaries idle in between.
+COMMITTERS = 2
+
 
 @dataclass(eq=False)
 class Ticket:
@@ -57,6 +62,9 @@ class Ticket:
     flows: list[Flow]
     outcome: str | None = None  # set by the drainer, under the partition's mutex
     reason: str = ""  # what went wrong, when the outcome is not APPLIED
+
+
+Outcomes = dict[Ticket, tuple[str, str]]  # a step's tickets: (outcome, reason)
 
 
 def combine(states: list[str]) -> str:
@@ -78,8 +86,8 @@ class Committer:
         self.window = window  # store.Window: the retention window, learnt from Redis
         self.timeout_s = timeout_s
 
-    def commit(self, batch: list[Flow], tickets: list[Ticket], first_seq: int) -> None:
-        """Commit ``batch`` (the flows from ``first_seq`` on) and set every ticket's outcome."""
+    def commit(self, batch: list[Flow], tickets: list[Ticket], first_seq: int) -> Outcomes:
+        """Commit ``batch`` (the flows from ``first_seq`` on): every ticket's outcome and why."""
         deadline = time.monotonic() + self.timeout_s
         keyed = [t for t in tickets if t.key is not None]
         shared = HourTables()
@@ -93,19 +101,18 @@ class Committer:
         hours = set(shared.hours()).union(*(t.hours() for _, t in own))
         noted = self.window.note(hours, deadline)
         if noted is not None:  # Redis could not be asked: nothing was sent
-            for ticket in tickets:
-                ticket.outcome, ticket.reason = NOTHING, noted
-            return
+            return {ticket: (NOTHING, noted) for ticket in tickets}
         cutoff = self.window.cutoff()
         for tables in (shared, *(t for _, t in own)):
             tables.drop_before(cutoff)  # expired meanwhile, by another instance
         calls, shared_calls, own_calls = self._calls(shared, own)
         self.client.execute(calls, deadline)
         reason = _reason(calls)
+        outcomes = {}
         for ticket in tickets:
             mine = own_calls.get(ticket) if ticket.key is not None else shared_calls
-            ticket.outcome = combine([c.state for c in mine or ()])
-            ticket.reason = reason
+            outcomes[ticket] = (combine([c.state for c in mine or ()]), reason)
+        return outcomes
 
     def _calls(self, shared: HourTables, own: list[tuple[Ticket, HourTables]]):
         """One call per (hour, bucket) holding the shared sums and each keyed request's own."""
@@ -186,11 +193,16 @@ class CommitPartition:
         # Guards _tickets, _done_seq and every ticket's outcome. Taken around a put, so that a
         # drainer that took a request's flows also finds its ticket.
         self._mutex = threading.Lock()
-        # Notified by the drainer after each step, once its outcomes are set.
+        # Notified by a drainer once a step's outcomes are set, and again once it published
+        # _done_seq; POSTs wait on it for their tickets, GETs and later steps for _done_seq.
         self.committed = threading.Condition(self._mutex)
         self._tickets: deque[Ticket] = deque()
         self._done_seq = 0  # every flow up to here has its outcome (committed or not)
-        self._thread: threading.Thread | None = None
+        # Held by the drainer that is taking a step (its flows, its tickets, its place in line);
+        # guards _taken_seq, the sequence number of the last flow any step took.
+        self._take = threading.Lock()
+        self._taken_seq = 0
+        self._threads: list[threading.Thread] = []
 
     # -- producers -------------------------------------------------------------------------
 
@@ -217,35 +229,45 @@ class CommitPartition:
     def drain_once(self, timeout: float | None = 0.0) -> int:
         """Take everything pending (waiting up to ``timeout``), commit it, publish the outcome.
 
-        Returns the number of flows taken. The whole of the drainer's work, so tests can step a
-        partition synchronously.
+        Returns the number of flows taken. The whole of a drainer's work, so tests can step a
+        partition synchronously. Steps of several drainers commit at the same time; each
+        publishes how far it got only after the step taken before it did, so ``_done_seq``
+        never passes a flow whose outcome is unknown.
         """
-        batch, seq = self.buffer.take_all(timeout)
-        with self._mutex:
-            tickets = []
-            while self._tickets and self._tickets[0].end_seq <= seq:
-                tickets.append(self._tickets.popleft())
+        with self._take:
+            batch, seq = self.buffer.take_all(timeout)
+            with self._mutex:
+                tickets = []
+                while self._tickets and self._tickets[0].end_seq <= seq:
+                    tickets.append(self._tickets.popleft())
+            previous, self._taken_seq = self._taken_seq, seq
         if not batch:
-            self._publish(seq)
+            self._publish(previous, seq)
             return 0
         started = time.perf_counter()
         try:
-            self._committer.commit(batch, tickets, seq - len(batch) + 1)
+            outcomes = self._committer.commit(batch, tickets, seq - len(batch) + 1)
         except Exception as exc:  # a bug or an unexpected reply: say "maybe", never hang
             log.exception("partition %d: commit failed", self.index)
-            for ticket in tickets:
-                ticket.outcome, ticket.reason = MAYBE, f"commit failed: {exc!r}"
-        self._publish(seq)
+            outcomes = {ticket: (MAYBE, f"commit failed: {exc!r}") for ticket in tickets}
+        with self._mutex:  # the POSTs of this step are answered now, whatever came before
+            for ticket, (outcome, reason) in outcomes.items():
+                ticket.outcome, ticket.reason = outcome, reason
+            self.committed.notify_all()
+        self._publish(previous, seq)
         if self._on_commit is not None:
             try:
-                ok = all(t.outcome == APPLIED for t in tickets)
+                ok = all(outcome == APPLIED for outcome, _ in outcomes.values())
                 self._on_commit(len(batch), time.perf_counter() - started, ok)
             except Exception:  # a metric must never hold up the drainer
                 log.exception("partition %d: commit observer failed", self.index)
         return len(batch)
 
-    def _publish(self, seq: int) -> None:
-        with self._mutex:
+    def _publish(self, previous: int, seq: int) -> None:
+        """Once the step before (ending at ``previous``) has published, publish ``seq``."""
+        with self.committed:
+            while self._done_seq < previous:
+                self.committed.wait()  # that step's commit ends within its own deadlines
             if seq > self._done_seq:
                 self._done_seq = seq
             self.committed.notify_all()
@@ -291,27 +313,31 @@ class CommitPartition:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def start(self) -> None:
-        if self._thread is not None:
+    def start(self, drainers: int = COMMITTERS) -> None:
+        if self._threads:
             raise RuntimeError(f"partition {self.index} already started")
-        self._thread = threading.Thread(
-            target=self._run, name=f"flowagg-drain-{self.index}", daemon=True
-        )
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"flowagg-drain-{self.index}.{k}", daemon=True)
+            for k in range(drainers)
+        ]
+        for thread in self._threads:
+            thread.start()
 
     @property
     def drainer_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
     def close(self, timeout: float | None = None) -> bool:
-        """Refuse new flows, commit everything pending, stop the drainer."""
+        """Refuse new flows, commit everything pending, stop the drainers."""
         self.buffer.close()
-        if self._thread is None:
+        if not self._threads:
             while self.drain_once(timeout=None) or not self.buffer.finished:
                 pass
             return True
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("partition %d: drainer still running after %s s", self.index, timeout)
+        deadline = deadline_after(timeout)
+        for thread in self._threads:
+            thread.join(remaining(deadline))
+        if any(t.is_alive() for t in self._threads):
+            log.warning("partition %d: drainers still running after %s s", self.index, timeout)
             return False
         return True

@@ -59,6 +59,7 @@ ErrorObserver = Callable[[str], None]  # called with the kind of every Redis err
 class Call:
     key: str  # the key whose slot picks the primary
     args: tuple  # the command and its arguments
+    node: Node | None = None  # a node of its own instead (a health check)
     state: str = "new"  # new, done, refused, unknown
     reply: Any = None
     error: Exception | None = None
@@ -191,9 +192,6 @@ class RedisClient:
         node.functions_loaded = True
         log.info("redis: functions %s loaded on %s", LIBRARY, node.name)
 
-    def primaries(self) -> list[Node]:
-        return list(self.topology().primaries)
-
     # -- running calls -----------------------------------------------------------------------
 
     def execute(self, calls: Sequence[Call], deadline: float, resend_unknown: bool = False) -> None:
@@ -227,7 +225,7 @@ class RedisClient:
         """Send every call once: write every primary's pipeline, then read every reply."""
         groups: dict[int, tuple[Node, list[Call]]] = {}
         for call in calls:
-            node = topology.node_for(call.key)
+            node = call.node or topology.node_for(call.key)
             if node is None:
                 call.state, call.error = "refused", exceptions.ClusterDownError("slot not served")
                 continue
@@ -301,23 +299,19 @@ class RedisClient:
             topology = self.topology()
         except NoNode as exc:
             return [f"redis: {exc}"]
-        deadline = time.monotonic() + self.timeout_s
-        pings = [Call(f"{{{n.name}}}", ("PING",)) for n in topology.primaries]
-        state = [Call(f"{{{n.name}}}", ("CLUSTER", "INFO")) for n in topology.primaries[:1]]
-        problems = []
-        for node, call in zip(topology.primaries, pings, strict=True):
-            self._round(Topology(False, [node]), [call])
-            if call.state != "done":
-                problems.append(f"redis: primary {node.name} does not answer: {call.error}")
-        if topology.cluster and not problems:
-            self._round(Topology(False, topology.primaries[:1]), state)
-            info = state[0].reply.decode() if state[0].state == "done" else ""
-            if "cluster_state:ok" not in info:
-                problems.append(
-                    f"redis: cluster state is not ok according to {topology.primaries[0].name}"
-                )
-        if time.monotonic() > deadline:
-            problems.append(f"redis: health checks took longer than {self.timeout_s} s")
+        pings = [Call("", ("PING",), node=n) for n in topology.primaries]
+        self._round(topology, pings)
+        problems = [
+            f"redis: primary {call.node.name} does not answer: {call.error}"  # type: ignore[union-attr]
+            for call in pings
+            if call.state != "done"
+        ]
+        answering = [call.node for call in pings if call.state == "done"]
+        if topology.cluster and answering:
+            state = Call("", ("CLUSTER", "INFO"), node=answering[0])
+            self._round(topology, [state])
+            if state.state != "done" or b"cluster_state:ok" not in state.reply:
+                problems.append(f"redis: cluster state is not ok according to {answering[0].name}")
         return problems
 
     def close(self) -> None:

@@ -10,8 +10,8 @@ the requests that touch the stopped one from those that do not.
 
 The ``redis_cluster`` fixture (session-scoped; tests/conftest.py makes it and ``cluster`` visible
 to every test module) starts one for the whole run and stops every node by its pid at the end,
-also on failure. Without redis-server (``make test`` installs it) the tests
-that use it fail; they never skip.
+also on failure; ``redis_node`` does the same for one node without cluster mode. Without
+redis-server (``make test`` installs it) the tests that use them fail; they never skip.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def free_port() -> int:
 
 
 class RedisNode:
-    def __init__(self, directory: Path, port: int, appendfsync: str) -> None:
+    def __init__(self, directory: Path, port: int, appendfsync: str, cluster: bool = True) -> None:
         self.directory, self.port = directory, port
         self.config = directory / "redis.conf"
         directory.mkdir(parents=True)
@@ -58,7 +58,7 @@ class RedisNode:
                     "bind 127.0.0.1",
                     f"port {port}",
                     f"dir {directory}",
-                    "cluster-enabled yes",
+                    f"cluster-enabled {'yes' if cluster else 'no'}",
                     "cluster-config-file nodes.conf",
                     "cluster-node-timeout 2000",
                     "cluster-require-full-coverage no",
@@ -177,6 +177,19 @@ def redis_cluster() -> Iterator[RedisCluster]:
         yield cluster
     finally:
         cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_node() -> Iterator[RedisNode]:
+    """One Redis node without cluster mode, for the whole run."""
+    root = Path(tempfile.mkdtemp(prefix="flowagg-redis-node-"))
+    node = RedisNode(root / "node", free_port(), "always", cluster=False)
+    try:
+        node.start()
+        yield node
+    finally:
+        node.kill()
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -290,3 +290,19 @@ def test_a_later_step_answers_its_posts_but_reads_wait_for_every_earlier_step(ma
         ("first", "d", "v", 1, 1),
         ("second", "d", "v", 1, 1),
     ]
+
+
+def test_one_node_without_cluster_mode_serves_every_key(redis_node):
+    redis_node.client().flushall()
+    a = RedisStore(f"redis://{redis_node.address}", partitions=2, timeout_s=1.0)
+    b = RedisStore(f"redis://{redis_node.address}", partitions=3, timeout_s=1.0)
+    try:
+        assert not a.client.topology().cluster
+        flows = [Flow(f"s{i}", "d", "v", INT64_MAX, i, 50 + i % 3) for i in range(90)]
+        assert a.ingest(flows, WAIT_TIMEOUT, "single") == 90
+        assert b.ingest(flows, WAIT_TIMEOUT, "single") == 90
+        rows = [r for hour in (50, 51, 52) for r in b.read_hour(hour, WAIT_TIMEOUT)]
+        assert sorted(rows) == sorted((f"s{i}", "d", "v", INT64_MAX, i) for i in range(90))
+        assert a.health(0.9) == []
+    finally:
+        assert a.close(WAIT_TIMEOUT) and b.close(WAIT_TIMEOUT)

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask
 
 from flowagg import logs, web
-from flowagg.config import ConfigError, resolve
+from flowagg.config import ConfigError, for_log, resolve
 from flowagg.metrics import Metrics
 from flowagg.shutdown import exit_on_sigterm
 from flowagg.store.durable import open_durable_store
@@ -39,7 +39,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config["FLOWAGG_LOG_LEVEL"],
         app.config["FLOWAGG_LOG_BUFFER_BYTES"],
     )
-    log.info("starting", extra={"fields": dict(settings)})
+    log.info("starting", extra={"fields": for_log(settings)})
 
     metrics = Metrics()
     metrics.watch_log(log_buffer)

@@ -249,6 +249,19 @@ def resolve(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = No
     return values
 
 
+def for_log(values: Mapping[str, Any]) -> dict:
+    """The settings as start-up logs them: a password in FLOWAGG_REDIS_URL is masked."""
+    shown = dict(values)
+    url = shown.get("FLOWAGG_REDIS_URL")
+    if url:
+        parts = urlsplit(url)
+        if parts.password is not None:
+            user = parts.username or ""
+            host = parts.netloc.rpartition("@")[2]
+            shown["FLOWAGG_REDIS_URL"] = parts._replace(netloc=f"{user}:***@{host}").geturl()
+    return shown
+
+
 def _parse(setting: Setting, raw: Any) -> Any:
     try:
         return setting.parse(raw)

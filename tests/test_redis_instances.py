@@ -14,6 +14,7 @@ import time
 import pytest
 
 from flowagg import create_app
+from flowagg.config import for_log
 from flowagg.store.redis import layout
 from tests.conftest import WAIT_TIMEOUT, flow
 from tests.serverproc import WAITRESS, ServerProcess
@@ -282,3 +283,19 @@ def test_a_bad_redis_url_is_refused_naming_the_variable(url, message):
         create_app({"FLOWAGG_REDIS_URL": url})
     assert exc.value.code.startswith(f"flowagg: invalid configuration: FLOWAGG_REDIS_URL={url!r}")
     assert message in exc.value.code
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:secret@10.0.0.7:6379", "redis://:***@10.0.0.7:6379"),
+        ("redis://flowagg:secret@10.0.0.7:6379", "redis://flowagg:***@10.0.0.7:6379"),
+        ("redis://10.0.0.7:6379", "redis://10.0.0.7:6379"),
+    ],
+    ids=["password", "user-and-password", "none"],
+)
+def test_start_up_logs_the_redis_url_without_its_password(url, shown):
+    assert for_log({"FLOWAGG_REDIS_URL": url, "FLOWAGG_PARTITIONS": 8}) == {
+        "FLOWAGG_REDIS_URL": shown,
+        "FLOWAGG_PARTITIONS": 8,
+    }

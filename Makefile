@@ -14,7 +14,7 @@ THREADS ?= 8
 NATIVE_SOURCES := $(wildcard flowagg/store/native/*.c flowagg/store/native/*.h)
 NATIVE := $(VENV)/.native-built
 
-.PHONY: run test bench lint check-native clean redis-tools
+.PHONY: run test chromium redis-tools bench lint check-native clean
 
 $(BIN)/activate: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,37 @@ $(NATIVE): $(BIN)/activate pyproject.toml $(NATIVE_SOURCES)
 	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
+# waitress gets the bounds on what one client can hold (connections, idle time, header and
+# body size; FLOWAGG_MAX_BODY_BYTES as the app resolves it) from `python -m flowagg
+# --waitress-flags`, which serves with the same. Up to 3 open files per connection: OPEN_FILES
+# covers the 1000 connections of --connection-limit.
+OPEN_FILES ?= 4096
 run: $(NATIVE)
-	$(BIN)/waitress-serve --host=$(HOST) --port=$(PORT) --threads=$(THREADS) wsgi:app
+	@flags="$$($(BIN)/python -m flowagg --waitress-flags)" && \
+	if [ "$$(ulimit -n)" != unlimited ] && [ "$$(ulimit -n)" -lt $(OPEN_FILES) ]; then \
+		ulimit -Sn $(OPEN_FILES) 2>/dev/null || \
+		echo "make run: cannot raise the open-file limit to $(OPEN_FILES); it is $$(ulimit -n)" >&2; \
+	fi && \
+	echo "waitress-serve --host=$(HOST) --port=$(PORT) --threads=$(THREADS) $$flags wsgi:app" && \
+	exec $(BIN)/waitress-serve --host=$(HOST) --port=$(PORT) --threads=$(THREADS) $$flags wsgi:app
 
-test: $(NATIVE) redis-tools
+# The page's tests drive Debian's chromium (tests/test_page.py), tests/test_nginx.py Debian's
+# nginx and openssl: installed here when missing and we may (root with apt-get); without them
+# those tests fail, saying so. (Where services may start, Debian's package also starts its own
+# nginx on port 80; the tests start theirs.)
+CHROMIUM := /usr/bin/chromium
+
+test: $(NATIVE) chromium redis-tools
+	@{ command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null && command -v openssl >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && apt-get install -y -qq nginx openssl; } >/dev/null 2>&1; } || \
+		echo "nginx or openssl is not installed: tests/test_nginx.py will fail"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+chromium:
+	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+		>/dev/null 2>&1; } || echo "chromium is not installed: the page tests will fail"
 
 # Debian's redis-server and redis-tools: the Redis store's tests start a real cluster with them.
 # Installed here when missing and we may (root with apt-get); without them those tests fail.

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -16,15 +19,20 @@ from flowagg.shutdown import exit_on_sigterm
 from flowagg.store.durable import open_durable_store
 from flowagg.store.memory import PartitionedStore
 from flowagg.store.redis.store import open_redis_store
+from flowagg.tokens import Tokens, TokensFileError
+from flowagg.web.guard import is_loopback, waitress_hosts
 
 log = logging.getLogger(__name__)
 
 
-def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+def create_app(
+    config: Mapping[str, Any] | None = None, *, clock: Callable[[], float] = time.time
+) -> Flask:
     """Build the app: settings (defaults < environment < ``config``), store, web layer.
 
     ``waitress-serve --call flowagg:create_app`` works as well as ``wsgi:app``. An invalid
-    setting stops start-up with one line naming the variable.
+    setting stops start-up with one line naming the variable. ``clock`` is the wall clock the
+    hours window follows (tests pass their own).
     """
     try:
         settings = resolve(os.environ, config)
@@ -41,10 +49,22 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     log.info("starting", extra={"fields": for_log(settings)})
 
+    tokens = None
+    if app.config["FLOWAGG_TOKENS_FILE"] is not None:
+        try:
+            tokens = Tokens.load(app.config["FLOWAGG_TOKENS_FILE"])
+        except (OSError, TokensFileError) as exc:
+            raise SystemExit(
+                f"flowagg: invalid configuration: FLOWAGG_TOKENS_FILE: {exc}"
+            ) from None
+        app.extensions["flowagg.tokens"] = tokens
+    elif Path(sys.argv[0]).name == "waitress-serve":
+        warn_if_open(waitress_hosts(sys.argv[1:]))
+
     metrics = Metrics()
     metrics.watch_log(log_buffer)
     if app.config["FLOWAGG_REDIS_URL"] is not None:  # stateless: everything is in Redis
-        store = open_redis_store(app.config, metrics)
+        store = open_redis_store(app.config, metrics, clock)
         exit_on_sigterm(store)
     elif app.config["FLOWAGG_DATA_DIR"] is None:
         store = PartitionedStore(
@@ -53,9 +73,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             retention_hours=app.config["FLOWAGG_RETENTION_HOURS"],
             on_drain=metrics.observe_drain,
             max_query_rows=app.config["FLOWAGG_MAX_QUERY_ROWS"],
+            max_future_hours=app.config["FLOWAGG_MAX_FUTURE_HOURS"],
+            max_keys=app.config["FLOWAGG_MAX_KEYS"],
+            max_name_bytes=app.config["FLOWAGG_MAX_NAME_BYTES"],
+            clock=clock,
         )
     else:  # replays the log before returning, so traffic is accepted only after recovery
-        store = open_durable_store(app.config, metrics)
+        store = open_durable_store(app.config, metrics, clock)
         exit_on_sigterm(store)
     metrics.watch(store)
     app.extensions["flowagg"] = store
@@ -63,3 +87,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["flowagg.access"] = logs.AccessLog(log_buffer, app.config["FLOWAGG_LOG_FORMAT"])
     web.register(app)
     return app
+
+
+def warn_if_open(hosts: list[str]) -> None:
+    """One warning when the service, without tokens, listens beyond the loopback interface."""
+    exposed = [h for h in hosts if not is_loopback(h)]
+    if exposed:
+        log.warning(
+            "no FLOWAGG_TOKENS_FILE: anyone who reaches %s may read and write",
+            ", ".join(exposed),
+        )

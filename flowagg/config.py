@@ -73,6 +73,28 @@ def _directory(raw: Any) -> str | None:
     return path or None
 
 
+def _file(raw: Any) -> str:
+    """A path to a file that exists (read at start-up)."""
+    if not isinstance(raw, str | os.PathLike):
+        raise ValueError("expected a file path")
+    path = os.fspath(raw).strip()
+    if not os.path.isfile(path):
+        raise ValueError("no such file")
+    return path
+
+
+def _origins(raw: Any) -> tuple[str, ...]:
+    """Comma-separated origins such as https://console.example.com (scheme, host, port)."""
+    if isinstance(raw, tuple | list):
+        raw = ",".join(raw)
+    origins = tuple(o.strip().rstrip("/") for o in str(raw).split(",") if o.strip())
+    for origin in origins:
+        scheme, sep, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
+            raise ValueError(f"{origin!r} is not an origin like https://host[:port]")
+    return origins
+
+
 def _redis_url(raw: Any) -> str | None:
     """redis://[user:password@]host[:port]; None or '' leaves it unset."""
     if raw is None:
@@ -127,8 +149,40 @@ SETTINGS = (
         "FLOWAGG_RETENTION_HOURS",
         None,
         _optional(_int_at_least(0)),
-        "Keep hours >= newest hour seen minus this; older hours are dropped, and POSTs for them"
-        " get 400. Unset keeps everything.",
+        "Keep the hours since the Unix epoch from the clock's hour minus this; older hours are"
+        " dropped, and POSTs for them get 400. Unset keeps everything.",
+    ),
+    Setting(
+        "FLOWAGG_MAX_FUTURE_HOURS",
+        None,
+        _optional(_int_at_least(0)),
+        "Accept hours up to the clock's hour plus this; later ones get 400. Unset: 1 with"
+        " FLOWAGG_RETENTION_HOURS, no bound without.",
+    ),
+    Setting(
+        "FLOWAGG_MAX_KEYS",
+        20_000_000,
+        _int_at_least(1),
+        "Key-hours held in all; a POST that would add more is refused whole with 429.",
+    ),
+    Setting(
+        "FLOWAGG_MAX_NAME_BYTES",
+        1024,
+        _int_at_least(1),
+        "Longest src_app, dest_app or vpc_id in bytes of UTF-8; a longer one is 400.",
+    ),
+    Setting(
+        "FLOWAGG_TOKENS_FILE",
+        None,
+        _optional(_file),
+        "Bearer tokens, one 'NAME ROLE sha256:HEX' per line (roles read, write, admin); unset"
+        " leaves the service open.",
+    ),
+    Setting(
+        "FLOWAGG_ALLOWED_ORIGINS",
+        None,
+        _optional(_origins),
+        "Web origins besides the service's own from which a POST is accepted (comma-separated).",
     ),
     Setting(
         "FLOWAGG_READY_BUFFER_PERCENT",

@@ -318,11 +318,41 @@ class AccessLog:
 
     def __init__(self, buffer: LogBuffer, fmt: str) -> None:
         self.buffer = buffer
-        self.line = FORMATS[fmt]
+        self.json = fmt == "json"
+        self._logger = logging.getLogger(ACCESS_LOGGER)
 
     @property
     def enabled(self) -> bool:
-        return logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO)
+        return self._logger.isEnabledFor(logging.INFO)
 
-    def write(self, fields: dict) -> None:
-        self.buffer.append(self.line(time.time(), "info", ACCESS_LOGGER, "request", fields))
+    def write(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        duration_ms: float,
+        request_id: str,
+        accepted: int | None = None,
+        token: str | None = None,
+    ) -> None:
+        """One request line. ``request_id`` and ``token`` (a token's name) must be plain (no
+        spaces, quotes or controls: the request log and the tokens file make sure); the method
+        and path are escaped like any logged value."""
+        now, duration = time.time(), round(duration_ms, 3)
+        if self.json:
+            fields = {"method": method, "path": path, "status": status}
+            fields.update(duration_ms=duration, request_id=request_id)
+            if accepted is not None:
+                fields["accepted"] = accepted
+            if token is not None:
+                fields["token"] = token
+            line = json_line(now, "info", ACCESS_LOGGER, "request", fields)
+        else:  # the text line without the generic field loop: this runs once per request
+            line = (
+                f"{timestamp(now)} info {ACCESS_LOGGER} request method={_text(method)}"
+                f" path={_text(path)} status={status} duration_ms={duration}"
+                f" request_id={request_id}"
+                + ("" if accepted is None else f" accepted={accepted}")
+                + ("\n" if token is None else f" token={token}\n")
+            )
+        self.buffer.append(line)

@@ -16,7 +16,31 @@ from prometheus_client.registry import Collector
 
 from flowagg.store.base import FlowStore
 
-REJECT_REASONS = ("invalid", "expired", "too_large", "overloaded", "unavailable")
+REJECT_REASONS = (
+    "invalid",
+    "expired",
+    "too_large",
+    "overloaded",
+    "unavailable",
+    "key_limit",
+    "unauthorized",
+    "forbidden",
+)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+)  # seconds
 
 
 class Metrics:
@@ -40,7 +64,21 @@ class Metrics:
         self.read_seconds = Histogram(
             "flowagg_read_duration_seconds",
             "GET /flows latency, from arrival to encoded response",
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.query_seconds = Histogram(
+            "flowagg_query_duration_seconds",
+            "GET /flows/top and /flows/series latency, from arrival to encoded response",
+            ["query"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        for query in ("top", "series"):
+            self.query_seconds.labels(query)
+        self.queries_refused = Counter(
+            "flowagg_queries_refused",
+            "Range queries refused (422) for scanning more than FLOWAGG_MAX_QUERY_ROWS key-hours",
             registry=r,
         )
         self.drain_batch = Histogram(
@@ -175,6 +213,12 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily(
             "flowagg_keys", "Rows held: distinct keys summed over hours", stats.keys
         )
+        if stats.keys_limit is not None:
+            yield GaugeMetricFamily(
+                "flowagg_keys_limit",
+                "FLOWAGG_MAX_KEYS: the key-hours the store may hold (POSTs past it get 429)",
+                stats.keys_limit,
+            )
         yield GaugeMetricFamily("flowagg_hours", "Hours held", stats.hours)
         if stats.log_bytes is not None:
             yield GaugeMetricFamily(

@@ -2,7 +2,10 @@
 
 msgspec decodes and validates the whole body in C: types are strict (``true``, ``1.5``, ``"100"``
 and ``null`` are not integers), unknown fields are ignored, and the first error comes with its
-JSON path. Only on that error path do we look at the body again, to say what value was found.
+JSON path. Only on that error path do we look at the body again, to say what value was found: a
+skim of the whole body as raw elements (its syntax checked, no value built), then a look at the
+one record named. So an invalid body costs no more than a valid one of the same size; building
+the whole document to word one error once cost ten times the body in memory.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ _EXPECTED = {
 }
 
 _decoder = msgspec.json.Decoder(list[Flow])
+_skim = msgspec.json.Decoder(list[msgspec.Raw])  # the top-level array's elements, unparsed
+_record = msgspec.json.Decoder(dict[str, msgspec.Raw])  # one record's fields, unparsed
+_raw = msgspec.json.Decoder(msgspec.Raw)  # checks a document's syntax, builds nothing
 _untyped = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 _PATH = re.compile(r"^(?P<what>.*?)(?: - at `(?P<path>\$[^`]*)`)?$", re.S)
@@ -58,12 +64,16 @@ def decode_flows(body: bytes) -> list[Flow]:
         return _decoder.decode(body)
     except msgspec.ValidationError as exc:
         # The typed pass stops at the first wrong value, possibly before a syntax error further
-        # on; decoding the whole body untyped tells which of the two to report.
+        # on; skimming the whole body tells which of the two to report.
         try:
-            document = _untyped.decode(body)
+            try:
+                elements = _skim.decode(body)
+            except msgspec.ValidationError:  # not an array: is it well-formed at all?
+                _raw.decode(body)
+                elements = None
         except _UNREADABLE as syntax:
             raise InvalidBody(_malformed(body, syntax)) from None
-        raise InvalidBody(_describe(document, str(exc))) from None
+        raise InvalidBody(_describe(body, elements, str(exc))) from None
     except _UNREADABLE as exc:
         raise InvalidBody(_malformed(body, exc)) from None
 
@@ -87,7 +97,7 @@ def encode(value: Any) -> bytes:
     return _encoder.encode(value)
 
 
-def _describe(document: Any, message: str) -> str:
+def _describe(body: bytes, elements: list[msgspec.Raw] | None, message: str) -> str:
     """Rewrite msgspec's message as ``$[3].bytes_tx: expected ..., got "lots"``."""
     match = _PATH.match(message)
     what, path = match.group("what"), match.group("path") or "$"
@@ -95,26 +105,22 @@ def _describe(document: Any, message: str) -> str:
     if missing:
         return f'{path}: missing required field "{missing.group("field")}"'
     steps = [int(i) if i else key for i, key in _STEP.findall(path)]
-    found = _lookup(document, steps)
     if not steps:
-        expected = "expected a JSON array of flow records"
-    elif len(steps) == 1:
-        expected = "expected a flow record object"
-    else:
-        expected = _EXPECTED.get(steps[-1], what)
-    return f"{path}: {expected}, got {_show(found)}"
+        return f"{path}: expected a JSON array of flow records, got {_show(body)}"
+    found = elements[steps[0]] if elements is not None else b"null"
+    if len(steps) == 1:
+        return f"{path}: expected a flow record object, got {_show(found)}"
+    for step in steps[1:]:  # a field of the record: its fields, unparsed
+        found = _record.decode(found)[step]
+    return f"{path}: {_EXPECTED.get(steps[-1], what)}, got {_show(found)}"
 
 
-def _lookup(value: Any, steps: list[int | str]) -> Any:
-    for step in steps:
-        value = value[step]
-    return value
-
-
-def _show(value: Any, limit: int = 60) -> str:
-    if isinstance(value, dict):
+def _show(raw: bytes | msgspec.Raw, limit: int = 60) -> str:
+    """A JSON value for an error message: objects and arrays by kind, scalars as written."""
+    view = bytes(raw).lstrip()
+    if view.startswith(b"{"):
         return "an object"
-    if isinstance(value, list):
+    if view.startswith(b"["):
         return "an array"
-    text = json.dumps(value, ensure_ascii=False)
+    text = json.dumps(_untyped.decode(view), ensure_ascii=False)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -8,12 +8,17 @@ Two ways to run the service get it:
   ``create_app`` calls ``exit_on_sigterm`` for a durable store: SIGTERM stops waitress's loop at
   once (requests in flight get no answer; none of them was acknowledged) and the store is closed
   as the interpreter exits.
+
+``serve`` also has waitress answer the requests it refuses itself (a body or headers over the
+limit, a malformed head) as the app answers errors, in JSON, and before the body also when the
+client asked ``Expect: 100-continue`` (``RefusingChannel``).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -24,7 +29,9 @@ from typing import Any
 
 from flask import Flask
 from waitress import wasyncore
-from waitress.server import create_server
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer, create_server
+from waitress.task import ErrorTask
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +74,41 @@ def _close_at_exit(store_ref: weakref.ref) -> None:
         os._exit(1)
 
 
+class JsonErrorTask(ErrorTask):
+    """waitress's answer to a request it refuses itself, as JSON ``{"error": ...}`` naming the
+    limit, like the app's errors (waitress's own is text, and states each limit plus one)."""
+
+    def execute(self) -> None:
+        error, adj = self.request.error, self.channel.server.adj
+        if error.code == 413:  # waitress refuses sizes >= its setting: the limit is one less
+            message = f"request body exceeds the limit of {adj.max_request_body_size - 1} bytes"
+        elif error.code == 431:
+            message = f"request headers exceed the limit of {adj.max_request_header_size - 1} bytes"
+        else:  # a malformed request line or header, an unsupported Transfer-Encoding
+            message = str(error.body)
+        body = json.dumps({"error": message}).encode()
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class RefusingChannel(HTTPChannel):
+    """waitress's connection, except that it refuses with ``JsonErrorTask``, and a request refused
+    from its headers alone (a Content-Length over the limit, headers too large, a malformed head)
+    is answered at once also when it asked ``Expect: 100-continue``: waitress 3.0.2 sends such a
+    client "100 Continue" first, then reads the body it refuses, up to the limit."""
+
+    error_task_class = JsonErrorTask
+
+    def send_continue(self) -> None:
+        if self.request.error is not None:
+            self.request.expect_continue = False  # the error is the final answer
+            return
+        super().send_continue()
+
+
 def serve(app: Flask, shutdown_timeout: float = 30.0, **adjustments: Any) -> int:
     """Serve ``app`` with waitress until SIGTERM or SIGINT, then shut down cleanly.
 
@@ -75,6 +117,9 @@ def serve(app: Flask, shutdown_timeout: float = 30.0, **adjustments: Any) -> int
     """
     socket_map: dict = {}
     server = create_server(app, map=socket_map, **adjustments)
+    for dispatcher in socket_map.values():  # one listener per address served
+        if isinstance(dispatcher, BaseWSGIServer):
+            dispatcher.channel_class = RefusingChannel
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

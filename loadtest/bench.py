@@ -9,12 +9,17 @@ only) and the naive peer (``loadtest/naive.py``: one lock, one dict). Each round
 server afresh and drives it with the same bounded load -- wrk with the Lua scripts in
 ``loadtest/wrk/``, or locust's FastHttpUser (``loadtest/bench_locust.py``) where wrk is missing:
 
-    post1     POST 1 flow per request
-    post1000  POST 1,000 flows per request
-    get10k    GET of an hour holding 10,000 keys (loaded and checked before the run)
-    mixed     95 % POSTs, 5 % GETs; every GET checks read-your-writes of its client's POSTs
-    memory    RSS per distinct key-hour after loading --memory-keys keys, and RSS after
-              posting the same keys --memory-reposts more times (must stay flat)
+    post1        POST 1 flow per request
+    post1000     POST 1,000 flows per request, all in one hour
+    post1000x2   the same, each batch across an hour boundary (2 hours)
+    post1000x24  the same, each batch spread over 24 hours
+    get10k       GET of an hour holding 10,000 keys (loaded and checked before the run)
+    mixed        95 % POSTs, 5 % GETs; every GET checks read-your-writes of its client's POSTs
+    memory       RSS per distinct key-hour after loading --memory-keys keys, and RSS after
+                 posting the same keys --memory-reposts more times (must stay flat)
+
+Every scenario runs at each of --connections (default 16 and 64: more than waitress's threads),
+the service in its default configuration: request lines on, written to its log file.
 
 Ratios are taken within a round (the servers ran minutes apart, not hours) and reported as the
 median over rounds with their min-max, which is the noise of this machine. Raw figures, the
@@ -49,8 +54,10 @@ from loadtest.report import Results, report
 from loadtest.servers import TARGETS, PeakRSS, Server, profiling, running
 
 RESULTS = ROOT / "loadtest" / "results"
-SCENARIOS = ("post1", "post1000", "get10k", "mixed")
-STORING = ("post1", "post1000")  # the scenarios the ceiling runs: it stores nothing to GET
+SCENARIOS = ("post1", "post1000", "post1000x2", "post1000x24", "get10k", "mixed")
+STORING = ("post1", "post1000", "post1000x2", "post1000x24")  # what the ceiling runs
+# Hours each POST of a scenario spreads its flows over (loadtest/wrk/post.lua).
+SPREAD = {"post1": 1, "post1000": 1, "post1000x2": 2, "post1000x24": 24}
 
 GET_HOUR = 1_000_000  # the hour that get10k loads and reads
 MIXED_HOUR = 2_000_000  # mixed uses this hour plus the round number
@@ -62,9 +69,10 @@ MEMORY_HOUR = 3_000_000
 
 def load_for(scenario: str, round_no: int) -> Load:
     if scenario == "post1":
-        return Load(scenario, {"flows": 1, "keys": 10_000, "hours": 4, "bodies": 2000}, 1)
-    if scenario == "post1000":
-        return Load(scenario, {"flows": 1000, "keys": 10_000, "hours": 4, "bodies": 16}, 1000)
+        return Load(scenario, {"flows": 1, "keys": 5_000, "spread": 1, "bodies": 2000}, 1)
+    if scenario in SPREAD:  # 40 different bodies, at most 5,000 keys per hour
+        params = {"flows": 1000, "keys": 5_000, "spread": SPREAD[scenario], "bodies": 40}
+        return Load(scenario, params, 1000)
     if scenario == "get10k":
         return Load(scenario, {"hour": GET_HOUR}, 0)
     params = {"hour": MIXED_HOUR + round_no, "batch": 100, "keys": 1000, "get_every": 20}
@@ -107,18 +115,23 @@ def summarise(raw: dict, load: Load, rss: int, cores: float) -> dict:
     }
 
 
-def run_scenario(server: Server, driver, scenario: str, round_no: int, opts) -> dict:
+def run_scenario(
+    server: Server, driver, scenario: str, connections: int, round_no: int, opts
+) -> dict:
     load = load_for(scenario, round_no)
+    if scenario == "mixed":  # each run checks its own clients' rows
+        load.params.update(hour=MIXED_HOUR + 100 * round_no + connections)
     if opts.warmup:  # discarded; the mixed warm-up writes to an hour of its own
         warm = Load(
             load.scenario, dict(load.params), load.flows_per_request, load.one_connection_per_thread
         )
         if scenario == "mixed":
-            warm.params.update(hour=MIXED_HOUR + 1000 + round_no, run=f"w{round_no}")
-        driver.run(server.url, warm, opts.warmup)
+            warm.params.update(hour=MIXED_HOUR + 10_000 + round_no, run=f"w{round_no}")
+        driver.run(server.url, warm, opts.warmup, connections)
     profile = opts.profile and server.name == "service" and round_no == 1
-    with PeakRSS(server) as peak, profiling(server, opts, scenario) if profile else nullcontext():
-        raw = driver.run(server.url, load, opts.duration)
+    case = f"{scenario}@{connections}"
+    with PeakRSS(server) as peak, profiling(server, opts, case) if profile else nullcontext():
+        raw = driver.run(server.url, load, opts.duration, connections)
     return summarise(raw, load, peak.peak, peak.cores)
 
 
@@ -162,11 +175,7 @@ def run_memory(server: Server, bodies: list[bytes], keys: int, reposts: int) -> 
 
 def bench(opts, log: Callable[[str], None]) -> Results:
     out = opts.out_dir
-    driver = (
-        WrkDriver(opts.connections, opts.wrk_threads)
-        if opts.driver == "wrk"
-        else LocustDriver(opts.connections, out)
-    )
+    driver = WrkDriver(opts.wrk_threads) if opts.driver == "wrk" else LocustDriver(out)
     results = Results(options={k: str(v) for k, v in vars(opts).items()})
     memory_bodies: list[bytes] = []
     if opts.memory:
@@ -183,14 +192,16 @@ def bench(opts, log: Callable[[str], None]) -> Results:
                 for scenario in scenarios:
                     if scenario == "get10k":
                         results.digests[name] = prepare_get_hour(server)
-                    run = run_scenario(server, driver, scenario, round_no, opts)
-                    run.update(round=round_no, server=name, scenario=scenario)
-                    results.runs.append(run)
-                    log(
-                        f"round {round_no} {name:8} {scenario:9} {run['req_s']:>10,.0f} req/s"
-                        f" {run['flows_s']:>12,.0f} flows/s  p50 {run['p50_ms']:.1f} ms"
-                        f"  p99 {run['p99_ms']:.1f} ms  errors {run['errors']}"
-                    )
+                    for connections in opts.connections:
+                        run = run_scenario(server, driver, scenario, connections, round_no, opts)
+                        case = f"{scenario}@{connections}"
+                        run.update(round=round_no, server=name, scenario=case)
+                        results.runs.append(run)
+                        log(
+                            f"round {round_no} {name:8} {case:15} {run['req_s']:>9,.0f} req/s"
+                            f" {run['flows_s']:>11,.0f} flows/s  p50 {run['p50_ms']:.1f} ms"
+                            f"  p99 {run['p99_ms']:.1f} ms  errors {run['errors']}"
+                        )
         for name in opts.memory:
             with running(name, opts.threads, out / f"{name}-memory.log", trees[name]) as server:
                 mem = run_memory(server, memory_bodies, opts.memory_keys, opts.memory_reposts)
@@ -218,13 +229,15 @@ def checkout(rev: str, into: Path) -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 3 s, 200,000 keys")
+    parser.add_argument("--quick", action="store_true", help="1 round of 3 s, 200,000 keys")
     parser.add_argument("--rounds", type=int, help="rounds per server (default 3)")
-    parser.add_argument("--duration", type=int, help="seconds per scenario run (default 8)")
+    parser.add_argument("--duration", type=int, help="seconds per scenario run (default 5)")
     parser.add_argument("--warmup", type=int, help="seconds of discarded load first (default 1)")
     parser.add_argument("--threads", type=int, default=8, help="waitress threads of every server")
-    parser.add_argument("--connections", type=int, default=8, help="concurrent connections")
-    parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument(
+        "--connections", default="16,64", help="concurrent connections, each value a run"
+    )
+    parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--driver", choices=("auto", "wrk", "locust"), default="auto")
     parser.add_argument("--servers", default="service,ceiling,naive")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
@@ -253,8 +266,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     opts = parser.parse_args(argv)
     quick = opts.quick
     defaults = {
-        "rounds": 2 if quick else 3,
-        "duration": 3 if quick else 8,
+        "rounds": 1 if quick else 3,
+        "duration": 3 if quick else 5,
         "warmup": 1,
         "memory_keys": 200_000 if quick else 1_000_000,
         "memory_reposts": 2 if quick else 3,
@@ -272,6 +285,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     opts.servers = [s for s in opts.servers.split(",") if s]
     opts.scenarios = [s for s in opts.scenarios.split(",") if s]
     opts.memory = [s for s in opts.memory.split(",") if s]
+    opts.connections = [int(c) for c in opts.connections.split(",") if c]
     known = [*TARGETS, "before"] if opts.compare else list(TARGETS)
     if opts.compare and "before" not in opts.servers:
         opts.servers.insert(1, "before")
@@ -281,8 +295,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in opts.scenarios:
         if name not in SCENARIOS:
             parser.error(f"unknown scenario {name!r} (known: {', '.join(SCENARIOS)})")
-    if min(opts.rounds, opts.duration, opts.memory_keys, opts.memory_batch) < 1 or opts.warmup < 0:
-        parser.error("rounds, duration and memory keys must be positive, warmup not negative")
+    if min(opts.rounds, opts.duration, opts.memory_keys, opts.memory_batch, *opts.connections) < 1:
+        parser.error("rounds, duration, connections and memory keys must be positive")
+    if opts.warmup < 0:
+        parser.error("warmup must not be negative")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     opts.out_dir = (opts.out or RESULTS) / stamp
     return opts

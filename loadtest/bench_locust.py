@@ -33,19 +33,20 @@ def param(name: str, default):
 
 
 class PostFlows(FastHttpUser):
-    """POST pre-built bodies of FLOWS records over KEYS keys in each of HOURS hours."""
+    """POST pre-built bodies of FLOWS records each spread over SPREAD hours from HOUR0, at most
+    KEYS keys per hour (as loadtest/wrk/post.lua builds them)."""
 
     wait_time = constant(0)
 
     def on_start(self) -> None:
         uid = next(_user_ids)
-        flows, keys, hours = param("flows", 1), param("keys", 10_000), param("hours", 4)
-        count = param("bodies", 64)
+        flows, keys, spread = param("flows", 1), param("keys", 5_000), param("spread", 1)
+        hour0, count = param("hour0", 100), param("bodies", 64)
         self.bodies = []
         for b in range(count):
             first = (uid * count + b) * flows
             records = [
-                flow_json(g % keys, g // keys % hours, 1 + g % 1000, 1 + g % 777)
+                flow_json(g // spread % keys, hour0 + g % spread, 1 + g % 1000, 1 + g % 777)
                 for g in range(first, first + flows)
             ]
             self.bodies.append(b"[" + b",".join(records) + b"]")

@@ -49,20 +49,15 @@ class Load:
 
 class WrkDriver:
     name = "wrk"
-    SCRIPTS = {
-        "post1": "post.lua",
-        "post1000": "post.lua",
-        "get10k": "get.lua",
-        "mixed": "mixed.lua",
-    }
+    SCRIPTS = {"get10k": "get.lua", "mixed": "mixed.lua"}  # every other scenario: post.lua
 
-    def __init__(self, connections: int, wrk_threads: int) -> None:
-        self.connections, self.wrk_threads = connections, wrk_threads
+    def __init__(self, wrk_threads: int) -> None:
+        self.wrk_threads = wrk_threads
 
-    def run(self, url: str, load: Load, duration: int) -> dict:
-        threads = self.connections if load.one_connection_per_thread else self.wrk_threads
-        script = WRK_DIR / self.SCRIPTS[load.scenario]
-        cmd = ["wrk", f"-t{threads}", f"-c{self.connections}", f"-d{duration}s", "--timeout=10s"]
+    def run(self, url: str, load: Load, duration: int, connections: int) -> dict:
+        threads = connections if load.one_connection_per_thread else self.wrk_threads
+        script = WRK_DIR / self.SCRIPTS.get(load.scenario, "post.lua")
+        cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout=10s"]
         cmd += ["-s", str(script), url, "--", *(f"{k}={v}" for k, v in load.params.items())]
         env = {**os.environ, "LUA_PATH": f"{WRK_DIR}/?.lua;;"}
         proc = subprocess.run(
@@ -80,19 +75,19 @@ class LocustDriver:
     """The fallback where wrk is missing: locust's FastHttpUser, one user per connection."""
 
     name = "locust"
-    CLASSES = {"post1": "PostFlows", "post1000": "PostFlows", "get10k": "GetHour", "mixed": "Mixed"}
+    CLASSES = {"get10k": "GetHour", "mixed": "Mixed"}  # every other scenario: PostFlows
 
-    def __init__(self, connections: int, out_dir: Path) -> None:
-        self.connections, self.out_dir = connections, out_dir
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
 
-    def run(self, url: str, load: Load, duration: int) -> dict:
+    def run(self, url: str, load: Load, duration: int, connections: int) -> dict:
         result_path = self.out_dir / "locust-result.json"
         result_path.unlink(missing_ok=True)
         locust = Path(sys.executable).with_name("locust")
-        users = str(self.connections)
+        users = str(connections)
         cmd = [str(locust), "-f", str(ROOT / "loadtest" / "bench_locust.py"), "--headless"]
         cmd += ["-u", users, "-r", users, "-t", f"{duration}s", "--host", url, "--only-summary"]
-        cmd += ["--loglevel", "WARNING", self.CLASSES[load.scenario]]
+        cmd += ["--loglevel", "WARNING", self.CLASSES.get(load.scenario, "PostFlows")]
         env = {**os.environ, "FLOWAGG_BENCH_RESULT": str(result_path), "PYTHONPATH": str(ROOT)}
         env.update({f"FLOWAGG_BENCH_{k.upper()}": str(v) for k, v in load.params.items()})
         proc = subprocess.run(

@@ -51,12 +51,12 @@ def make_app(store_config):
     directory of its own); every store is closed on teardown."""
     apps = []
 
-    def make(**config):
+    def make(clock=time.time, **config):
         own = dict(store_config)
         if "FLOWAGG_DATA_DIR" in own:
             own["FLOWAGG_DATA_DIR"] += f"-{len(apps)}"
         base = {"FLOWAGG_PARTITIONS": 4, "FLOWAGG_BUFFER_CAPACITY": 1024, **own}
-        app = create_app({**base, **config})
+        app = create_app({**base, **config}, clock=clock)
         apps.append(app)
         return app
 
@@ -169,6 +169,23 @@ def start_server(store_config) -> Iterator[Callable[..., LiveServer]]:
 @pytest.fixture
 def live_server(start_server) -> LiveServer:
     return start_server()
+
+
+class FakeClock:
+    """A wall clock the test moves, in hours since the Unix epoch as the hours window reads it."""
+
+    def __init__(self, hour: int) -> None:
+        self.now = hour * 3600 + 1800.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, hours: int = 1) -> None:
+        self.now += hours * 3600
+
+    @property
+    def hour(self) -> int:
+        return int(self.now // 3600)
 
 
 class Stall:

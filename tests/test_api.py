@@ -308,3 +308,35 @@ def test_hour_with_thousands_of_digits_is_an_empty_hour(client, flows):
     flows.post([flow(hour=1)])
     assert client.get("/flows?hour=" + "9" * 5000).get_json() == []
     assert client.get("/flows?hour=" + "0" * 5000 + "1").get_json() == [flow(hour=1)]
+
+
+@pytest.mark.parametrize("where", [0, 49_999], ids=["first-record", "last-record"])
+def test_an_invalid_body_costs_no_more_memory_than_a_valid_one_of_its_size(where):
+    """Wording the error once meant decoding the whole body a second time into Python objects
+    (ten times its size); now the error path skims it and looks at one record."""
+    import tracemalloc
+
+    from flowagg.schema import InvalidBody, decode_flows
+
+    records = [flow(src=f"s{k}") for k in range(50_000)]
+    valid = json.dumps(records).encode()
+    records[where]["bytes_tx"] = "lots!"
+    invalid = json.dumps(records).encode()
+
+    def peak(body: bytes) -> int:
+        tracemalloc.start()
+        try:
+            try:
+                decoded = decode_flows(body)
+                del decoded
+            except InvalidBody as exc:
+                assert str(exc) == (
+                    f"$[{where}].bytes_tx: expected an integer >= 0 and <= 9223372036854775807,"
+                    ' got "lots!"'
+                )
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    # The same, but for the exception and its message: a few hundred bytes.
+    assert peak(invalid) <= peak(valid) + 64 * 1024

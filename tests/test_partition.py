@@ -3,6 +3,7 @@ import logging
 import pytest
 
 from flowagg.schema import Flow
+from flowagg.store import partition as partition_module
 from flowagg.store.base import ReadTimeout
 from flowagg.store.memory import PartitionedStore
 from flowagg.store.partition import Partition
@@ -197,3 +198,20 @@ def test_a_failing_drain_observer_does_not_hold_up_readers(caplog):
     assert p.drain_once() == 1
     assert p.read(1, timeout=0) == [("a", "b", "v", 1, 2)]
     assert "observer fault" in caplog.text
+
+
+def test_a_reader_never_waits_for_the_drainer_to_linger(monkeypatch):
+    """The drainer lets flows gather before taking them; a read that needs them cuts that
+    short. With a linger far longer than the read's timeout, the read still answers."""
+    monkeypatch.setattr(partition_module, "LINGER_S", 60.0)
+    p = Partition(0, buffer_capacity=64)
+    p.start()
+    try:
+        for i in range(3):
+            p.enqueue([Flow("a", "b", "v", 1, 1, i)])
+            assert p.read(i, timeout=WAIT_TIMEOUT) == [("a", "b", "v", 1, 1)]
+        p.enqueue([Flow("a", "b", "v", 1, 1, 9)])
+        p.flush(WAIT_TIMEOUT)  # a flush wants them too
+        assert p.stats().lag == 0
+    finally:
+        assert p.close(WAIT_TIMEOUT)

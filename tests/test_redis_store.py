@@ -17,6 +17,7 @@ from flowagg.store.base import (
     Expired,
     HoursHeld,
     KeyReused,
+    NameTooLong,
     Query,
     QueryTooLarge,
     ReadTimeout,
@@ -188,27 +189,41 @@ def test_functions_are_loaded_again_on_a_primary_that_lost_them(make_store, clus
         assert library[library.index(b"library_name") + 1] == b"flowagg_v1"
 
 
-def test_retention_is_shared_by_the_instances(make_store, cluster):
-    a, b = make_store(retention_hours=2), make_store(retention_hours=2)
+def test_retention_follows_the_clock_on_every_instance(make_store, cluster):
+    now = [5 * 3600.0]  # hour 5 since the epoch
+
+    def clock() -> float:
+        return now[0]
+
+    a = make_store(retention_hours=2, clock=clock)
+    b = make_store(retention_hours=2, clock=clock)
     assert a.ingest([Flow("s", "d", "v", 1, 1, 5)], WAIT_TIMEOUT) == 1
-    assert a.ingest([Flow("s", "d", "v", 1, 1, 10)], WAIT_TIMEOUT) == 1  # expires hour 5
-    assert b.read_hour(5, WAIT_TIMEOUT) == []
+    assert b.ingest([Flow("k", "d", "v", 1, 1, 5)], WAIT_TIMEOUT, "late") == 1
+    now[0] = 10 * 3600.0  # hour 10: the window is [8, 11]
+    assert b.read_hour(5, WAIT_TIMEOUT) == []  # out of the window before any bucket is deleted
+    assert a.ingest([Flow("s", "d", "v", 1, 1, 10)], WAIT_TIMEOUT) == 1  # a's step expires 5
     keys = [layout.bucket_key(5, bucket, 16) for bucket in range(16)]
     assert not any(cluster.primary_of(k).client().exists(k) for k in keys)
-    # b has not learnt the newest hour yet: it accepts hour 7, and its commit discards it ...
-    assert b.ingest([Flow("s", "d", "v", 1, 1, 7)], WAIT_TIMEOUT) == 1
-    assert a.read_hour(7, WAIT_TIMEOUT) == []
-    # ... and from then on answers 400 for it.
-    with pytest.raises(Expired, match=r"hour 7 is outside the retention window \[8, 10\]"):
-        b.ingest([Flow("s", "d", "v", 1, 1, 7)], WAIT_TIMEOUT)
-    assert b.hours_held(WAIT_TIMEOUT) == HoursHeld(1, 10, 10)
+    for hour in (7, 12):
+        with pytest.raises(
+            Expired, match=rf"\$\[0\]\.hour: hour {hour} is outside the window \[8, 11\]"
+        ):
+            b.ingest([Flow("s", "d", "v", 1, 1, hour)], WAIT_TIMEOUT)
     # A retry of a keyed request is answered as the first time, also once its hour expired.
-    assert a.ingest([Flow("k", "d", "v", 1, 1, 9)], WAIT_TIMEOUT, "late") == 1
-    assert a.ingest([Flow("s", "d", "v", 1, 1, 12)], WAIT_TIMEOUT) == 1  # expires hour 9
-    assert b.ingest([Flow("k", "d", "v", 1, 1, 9)], WAIT_TIMEOUT, "late") == 1
-    assert b.read_hour(9, WAIT_TIMEOUT) == []
-    # a dropped 5, then 7 (listed by b's commit before it learnt the window) and 9.
-    assert b.stats().hours_dropped == 0 and a.stats().hours_dropped == 3
+    assert b.ingest([Flow("k", "d", "v", 1, 1, 5)], WAIT_TIMEOUT, "late") == 1
+    assert b.read_hour(5, WAIT_TIMEOUT) == []
+    assert b.hours_held(WAIT_TIMEOUT) == HoursHeld(1, 10, 10)
+    assert a.stats().hours_dropped == 1 and b.stats().hours_dropped == 0
+
+
+def test_a_name_over_the_limit_is_refused_whole(make_store):
+    store = make_store(max_name_bytes=4)
+    flows = [Flow("abcd", "d", "v", 1, 1, 13), Flow("s", "é" * 3, "v", 1, 1, 13)]
+    with pytest.raises(
+        NameTooLong, match=r"\$\[1\]\.dest_app: longer than FLOWAGG_MAX_NAME_BYTES=4"
+    ):
+        store.ingest(flows, WAIT_TIMEOUT)
+    assert store.read_hour(13, WAIT_TIMEOUT) == []
 
 
 def test_range_queries_answer_as_the_embedded_store(make_store):

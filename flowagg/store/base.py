@@ -50,14 +50,39 @@ class KeyReused(Exception):
     """An Idempotency-Key already applied to a different request; answered 422."""
 
 
-class Expired(ValueError):
-    """A record's hour is older than the retention window; nothing was enqueued."""
+class InvalidRecord(ValueError):
+    """A record breaks a rule of the store; nothing of its request was applied (400)."""
 
-    def __init__(self, index: int, hour: int, oldest: int, newest: int) -> None:
+
+class Expired(InvalidRecord):
+    """A record's hour is outside the window of hours the store accepts now (its clock's hour
+    less the retention, to the clock's hour plus the future allowance)."""
+
+    def __init__(self, index: int, hour: int, window: str) -> None:
+        super().__init__(f"$[{index}].hour: hour {hour} is outside {window}")
+        self.index, self.hour = index, hour
+
+
+class NameTooLong(InvalidRecord):
+    def __init__(self, index: int, field: str, limit: int) -> None:
         super().__init__(
-            f"$[{index}].hour: hour {hour} is outside the retention window"
-            f" [{oldest}, {newest}]; older hours are no longer kept"
+            f"$[{index}].{field}: longer than FLOWAGG_MAX_NAME_BYTES={limit} bytes of UTF-8"
         )
+
+
+class KeyLimit(Exception):
+    """A request would add key-hours past the store's limit; nothing was applied (429).
+
+    Retrying does not help until hours expire; requests that only add to key-hours already
+    held are still accepted.
+    """
+
+    def __init__(self, limit: int, held: int, new: int) -> None:
+        super().__init__(
+            f"the store holds {held} key-hours and this request would add {new}, past"
+            f" FLOWAGG_MAX_KEYS={limit}; flows for key-hours already held are still accepted"
+        )
+        self.limit, self.held, self.new = limit, held, new
 
 
 class QueryTooLarge(Exception):
@@ -151,6 +176,7 @@ class StoreStats:
     partitions: list[PartitionStats]
     hours_dropped: int  # hours removed by retention since start
     log_bytes: int | None = None  # size of the current write-ahead log, if there is one
+    keys_limit: int | None = None  # FLOWAGG_MAX_KEYS, if the store enforces it
 
     @property
     def keys(self) -> int:

@@ -1,26 +1,28 @@
-"""The in-memory store: N partitions, routing by hour, backpressure, retention, lifecycle.
+"""The in-memory store: N partitions, routing by hour, backpressure, limits, retention, lifecycle.
 
 ``PartitionedStore`` implements ``FlowStore`` (base.py). Its partitions' ring buffers raise their
 own ``Closed``; the store answers with the interface's ``Closed`` at its boundary, so callers
 need to know nothing below ``base``.
 
-An ingest runs ``check_hours`` (retention), ``split`` (by partition), ``reserve`` (room in every
-buffer the batch touches, or none), ``put_reserved`` and ``advance_window``. They are public so
-that the durable store can log a request between reserving and putting; ``cancel`` gives reserved
-room back.
+An ingest runs ``check`` (the hours window and name lengths, limits.py), ``split`` (by
+partition), ``admit_keys`` (the key-hour budget), ``reserve`` (room in every buffer the batch
+touches, or none), ``put_reserved`` and ``queued_keys``. They are public so that the durable store
+can log a request between reserving and putting; ``cancel`` and ``cancel_keys`` give back what a
+request held. Retention follows the clock: ``expire`` drops the hours that left the window, and
+runs at every ingest and read.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from flowagg.schema import Flow
 from flowagg.store import query, table
 from flowagg.store.base import (
     Closed,
-    Expired,
     HoursHeld,
     Overloaded,
     PartitionStats,
@@ -31,6 +33,7 @@ from flowagg.store.base import (
     StoreStats,
     Top,
 )
+from flowagg.store.limits import KeyBudget, Window, check_names
 from flowagg.store.partition import DrainObserver, Partition
 from flowagg.store.ringbuffer import Closed as BufferClosed
 from flowagg.store.ringbuffer import Full, deadline_after, remaining
@@ -49,15 +52,29 @@ class PartitionedStore:
         on_drain: DrainObserver | None = None,
         start: bool = True,
         max_query_rows: int | None = None,
+        max_future_hours: int | None = None,
+        max_keys: int | None = None,
+        max_name_bytes: int | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if partitions < 1:
             raise ValueError("partitions must be at least 1")
         self.partitions = [Partition(i, buffer_capacity, on_drain) for i in range(partitions)]
-        self.retention_hours = retention_hours
+        self.window = Window(retention_hours, max_future_hours, clock)
         self.max_query_rows = max_query_rows  # key-hours one query may scan; None: any
-        # Guards _newest_hour and _hours_dropped (retention bookkeeping only).
+        self.max_name_bytes = max_name_bytes
+        self.keys = (
+            KeyBudget(
+                max_keys,
+                self.keys_held,
+                [lambda p=p: p.applied_seq for p in self.partitions],
+            )
+            if max_keys is not None
+            else None
+        )
+        # Guards _cutoff and _hours_dropped (retention bookkeeping only).
         self._window_lock = threading.Lock()
-        self._newest_hour = -1
+        self._cutoff = 0  # hours below this were dropped
         self._hours_dropped = 0
         if start:
             self.start()
@@ -85,13 +102,73 @@ class PartitionedStore:
 
         Keeps no idempotency keys: in memory, every request is applied (see durable/).
         """
-        newest = self.check_hours(flows)
+        flows = flows if isinstance(flows, list) else list(flows)
+        self.check(flows)
         parts = self.split(flows)
-        self.reserve(parts, timeout)
-        self.put_reserved(parts)
-        if newest is not None:
-            self.advance_window(newest)
+        estimates = self.admit_keys(parts, timeout)
+        try:
+            if len(parts) == 1:  # the usual batch: one partition, one wait for room and put
+                [(index, part)] = parts.items()
+                seqs = {index: self._put_one(index, part, timeout)}
+            else:
+                self.reserve(parts, timeout)
+                seqs = self.put_reserved(parts)
+        except BaseException:
+            self.cancel_keys(estimates)
+            raise
+        self.queued_keys(seqs, estimates)
+        self.expire()
         return len(flows)
+
+    def check(self, flows: list[Flow]) -> None:
+        """Raise ``InvalidRecord`` for the first record outside the hours window or with a name
+        over the length limit; nothing is held either way."""
+        self.window.check(flows)
+        check_names(flows, self.max_name_bytes)
+
+    def keys_held(self) -> int:
+        """Key-hours in the tables, summed over partitions."""
+        return sum(p.keys_held for p in self.partitions)
+
+    def admit_keys(
+        self, parts: dict[int, list[Flow]], timeout: float | None
+    ) -> dict[int, int] | None:
+        """Admit a request's new key-hours under FLOWAGG_MAX_KEYS, or raise ``KeyLimit``.
+
+        Returns the estimates to hand to ``queued_keys`` once put (or ``cancel_keys``).
+        """
+        if self.keys is None:
+            return None
+
+        def count() -> dict[int, int]:
+            # Near the limit: exact, against tables that hold everything ingested before.
+            deadline = deadline_after(timeout)
+            for index in parts:
+                self.partitions[index].flush(remaining(deadline))
+            return {index: self.partitions[index].count_new(part) for index, part in parts.items()}
+
+        return self.keys.admit(parts, count)
+
+    def queued_keys(self, seqs: dict[int, int], estimates: dict[int, int] | None) -> None:
+        if estimates is not None:
+            for index, seq in seqs.items():
+                self.keys.queued(index, seq, estimates[index])
+
+    def cancel_keys(self, estimates: dict[int, int] | None) -> None:
+        if estimates is not None:
+            self.keys.cancel(estimates)
+
+    def _put_one(self, index: int, part: list[Flow], timeout: float | None) -> int:
+        """Put a batch of one partition: what reserve and put_reserved do, under one lock.
+        Returns the sequence number of its last flow."""
+        try:
+            return self.partitions[index].buffer.put_many(part, timeout)
+        except Full:
+            raise Overloaded(
+                f"partition {index} had no room for {len(part)} flows within {timeout} s"
+            ) from None
+        except BufferClosed as exc:
+            raise Closed(str(exc)) from None
 
     def reserve(self, parts: dict[int, list[Flow]], timeout: float | None) -> None:
         """Hold room for every part in its buffer, or hold nothing and raise ``Overloaded``.
@@ -117,70 +194,40 @@ class PartitionedStore:
                 raise Closed(str(exc)) from None
             raise
 
-    def put_reserved(self, parts: dict[int, list[Flow]]) -> None:
-        """Put every part in the room ``reserve`` held for it; never blocks."""
-        for index, part in parts.items():
-            self.partitions[index].buffer.put_reserved(part)
+    def put_reserved(self, parts: dict[int, list[Flow]]) -> dict[int, int]:
+        """Put every part in the room ``reserve`` held for it; never blocks. Returns, per
+        partition, the sequence number of the part's last flow."""
+        return {
+            index: self.partitions[index].buffer.put_reserved(part) for index, part in parts.items()
+        }
 
     def cancel(self, parts: dict[int, list[Flow]]) -> None:
         """Give back room reserved for ``parts`` that will not be put."""
         for index, part in parts.items():
             self.partitions[index].buffer.cancel(len(part))
 
-    def check_hours(self, flows: Sequence[Flow]) -> int | None:
-        """Raise ``Expired`` for the first record older than the window this batch would leave.
-
-        Returns the batch's newest hour, for ``advance_window``: None without retention or for an
-        empty batch.
-        """
-        if self.retention_hours is None:
-            return None
-        flows = flows if isinstance(flows, list) else list(flows)
-        bounds = table.hour_bounds(flows)
-        if bounds is None:
-            return None
+    def expire(self) -> None:
+        """Drop the hours that have left the window; flows still queued for them are discarded
+        by the drainers, so an hour never comes back once expired."""
+        if self.window.retention is None:
+            return
+        oldest, _ = self.window.bounds()
         with self._window_lock:
-            newest = max(self._newest_hour, bounds[1])
-        oldest = newest - self.retention_hours
-        if bounds[0] < oldest:
-            index = table.first_outside(flows, oldest, newest)
-            raise Expired(index, flows[index].hour, oldest, newest)
-        return bounds[1]
-
-    def advance_window(self, hour: int) -> None:
-        """Record an accepted hour; if it is a new newest, drop hours that fell out of the window.
-
-        Flows of a dropped hour that were still queued are discarded by the drainer, so an hour
-        never comes back once expired.
-        """
-        with self._window_lock:
-            if hour <= self._newest_hour:
+            if oldest <= self._cutoff:
                 return
-            self._newest_hour = hour
-        cutoff = hour - self.retention_hours
-        dropped = sum(p.expire_before(cutoff) for p in self.partitions)
+            self._cutoff = oldest
+        dropped = sum(p.expire_before(oldest) for p in self.partitions)
         if dropped:
             with self._window_lock:
                 self._hours_dropped += dropped
-            log.info("retention: dropped %d hour(s) older than %d", dropped, cutoff)
-
-    def restore_window(self) -> None:
-        """After loading stored tables: take the newest hour held as the newest seen, and drop
-        what lies outside the window (as it had been before a restart)."""
-        if self.retention_hours is not None:
-            self.advance_window(max(p.newest_hour() for p in self.partitions))
-
-    def window(self) -> tuple[int, int] | None:
-        """(oldest kept hour, newest hour seen), or None without retention or data."""
-        with self._window_lock:
-            if self.retention_hours is None or self._newest_hour < 0:
-                return None
-            return max(0, self._newest_hour - self.retention_hours), self._newest_hour
+            log.info("retention: dropped %d hour(s) older than %d", dropped, oldest)
 
     def read_hour(self, hour: int, timeout: float | None = None) -> list[Row]:
+        self.expire()
         return self.partition_for(hour).read(hour, timeout)
 
     def read_hour_json(self, hour: int, timeout: float | None = None) -> bytes:
+        self.expire()
         return self.partition_for(hour).read_json(hour, timeout)
 
     def flush(self, timeout: float | None = None) -> None:
@@ -199,6 +246,7 @@ class PartitionedStore:
         return query.series(query_, self._scanner(query_))
 
     def hours_held(self, timeout: float | None = None) -> HoursHeld:
+        self.expire()
         self.flush(timeout)
         hours = [hour for p in self.partitions for hour in p.hours()]
         return HoursHeld(len(hours), min(hours, default=None), max(hours, default=None))
@@ -213,6 +261,7 @@ class PartitionedStore:
     def _prepare(self, query_: Query, timeout: float | None) -> None:
         """Wait for every partition of the range to apply what was ingested before the call
         (strong consistency); refuse, before any scan, a query over too many key-hours."""
+        self.expire()
         deadline = deadline_after(timeout)
         touched = self._touched(query_.hours)
         for partition in touched:
@@ -235,9 +284,11 @@ class PartitionedStore:
         return scan
 
     def stats(self) -> StoreStats:
+        self.expire()
         with self._window_lock:
             dropped = self._hours_dropped
-        return StoreStats([p.stats() for p in self.partitions], dropped)
+        limit = self.keys.limit if self.keys is not None else None
+        return StoreStats([p.stats() for p in self.partitions], dropped, keys_limit=limit)
 
     def health(self, high_watermark: float) -> list[str]:
         return partition_problems(self.stats().partitions, high_watermark)

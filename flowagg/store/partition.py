@@ -29,6 +29,10 @@ log = logging.getLogger("flowagg.partition")
 
 # Pause after a failed drain step before the next try, so a persistent fault does not spin.
 RETRY_BACKOFF_S = 0.05
+# How long the drainer lets flows gather after the first one arrives before it takes them all,
+# unless someone waits for them (a read, a flush, a snapshot): one wake-up of the drainer per
+# burst of POSTs instead of one per POST, while no reader ever waits for the linger.
+LINGER_S = 0.005
 
 
 DrainObserver = Callable[[int, float], None]  # (flows applied, seconds taken) per drain step
@@ -45,15 +49,22 @@ class Partition:
         # merges batches in, retention drops old hours.
         self.lock = RWLock()
         self._tables = HourTables()
+        # Key-hours in _tables, kept beside them (written under the write lock) so that the
+        # key budget can read it without the lock.
+        self.keys_held = 0
         self._cutoff = 0  # hours below this are expired: dropped, and never created again
         # Sequence number of the last flow in _tables; written under the write lock, so a copy
         # of the tables made under the read lock knows exactly which flows it holds.
         self._tables_seq = 0
         self._batch_seq = 0  # sequence number of the batch being merged (drainer only)
-        # Guards _applied_seq; `applied` is notified by the drainer after each merge.
+        # Guards _applied_seq and _waiting; `applied` is notified by the drainer after each
+        # merge; `wanted` by a reader that starts waiting for flows not yet applied, so that the
+        # lingering drainer takes them at once.
         self._progress = threading.Lock()
         self.applied = threading.Condition(self._progress)
+        self.wanted = threading.Condition(self._progress)
         self._applied_seq = 0
+        self._waiting = 0  # threads in wait_applied for flows not yet applied
         # Flows taken from the buffer whose merge failed: retried first, never dropped.
         # Touched only by the thread running drain_once.
         self._retry: list[Flow] = []
@@ -99,7 +110,8 @@ class Partition:
         are skipped.
         """
         with self.lock.write_lock():
-            self._tables.merge(batch, self._cutoff)
+            _applied, new_keys = self._tables.merge(batch, self._cutoff)
+            self.keys_held += new_keys
             self._tables_seq = self._batch_seq
 
     def _publish(self, seq: int) -> None:
@@ -111,13 +123,23 @@ class Partition:
     def _run(self) -> None:
         while True:
             try:
-                applied = self.drain_once(timeout=None)
+                if not self._retry:
+                    self._gather()
+                applied = self.drain_once(timeout=0.0)
             except Exception:
                 log.exception("partition %d: drain failed; retrying the batch", self.index)
                 time.sleep(RETRY_BACKOFF_S)  # a persistent fault must not spin a core
                 continue
             if not applied and not self._retry and self.buffer.finished:
                 return
+
+    def _gather(self) -> None:
+        """Wait for a first pending flow, then up to LINGER_S more unless a reader wants them or
+        the buffer is closing (drainer only)."""
+        if not self.buffer.wait_pending(timeout=None):
+            return  # finished
+        with self.wanted:
+            self.wanted.wait_for(lambda: self._waiting or self.buffer.closed, LINGER_S)
 
     # -- readers ---------------------------------------------------------------------------
 
@@ -126,17 +148,29 @@ class Partition:
         with self._progress:
             return self._applied_seq
 
+    def count_new(self, flows: Sequence[Flow]) -> int:
+        """Distinct (hour, key) pairs of ``flows`` the tables do not hold yet."""
+        with self.lock.read_lock():
+            return self._tables.count_new(flows)
+
     def wait_applied(self, seq: int, timeout: float | None = None) -> None:
         """Block until every flow up to sequence number ``seq`` is in the table."""
         deadline = deadline_after(timeout)
         with self.applied:
-            while self._applied_seq < seq:
-                left = remaining(deadline)
-                if left == 0.0:
-                    raise ReadTimeout(
-                        f"partition {self.index} did not apply pending flows within {timeout} s"
-                    )
-                self.applied.wait(left)
+            if self._applied_seq >= seq:
+                return
+            self._waiting += 1
+            self.wanted.notify()
+            try:
+                while self._applied_seq < seq:
+                    left = remaining(deadline)
+                    if left == 0.0:
+                        raise ReadTimeout(
+                            f"partition {self.index} did not apply pending flows within {timeout} s"
+                        )
+                    self.applied.wait(left)
+            finally:
+                self._waiting -= 1
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything enqueued so far has been applied."""
@@ -181,7 +215,8 @@ class Partition:
             if cutoff <= self._cutoff:
                 return 0
             self._cutoff = cutoff
-            hours, _keys = self._tables.drop_before(cutoff)
+            hours, keys = self._tables.drop_before(cutoff)
+            self.keys_held -= keys
             return hours
 
     def newest_hour(self) -> int:
@@ -214,12 +249,12 @@ class Partition:
     def load(self, hour: int, rows: Sequence[Row]) -> None:
         """Add already summed rows of ``hour`` (a snapshot) to the tables, bypassing the buffer."""
         with self.lock.write_lock():
-            self._tables.merge_rows(hour, rows)
+            self.keys_held += self._tables.merge_rows(hour, rows)
 
     def apply(self, flows: Sequence[Flow]) -> None:
         """Sum and merge ``flows`` now, bypassing the buffer (replaying a log at start-up)."""
         with self.lock.write_lock():
-            self._tables.merge(flows, self._cutoff)
+            self.keys_held += self._tables.merge(flows, self._cutoff)[1]
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -241,6 +276,8 @@ class Partition:
         Returns False if the drainer did not finish within ``timeout`` seconds.
         """
         self.buffer.close()
+        with self.wanted:  # a lingering drainer takes what is left at once
+            self.wanted.notify_all()
         if self._thread is None:
             while self.drain_once(timeout=None) or self._retry or not self.buffer.finished:
                 pass

@@ -144,15 +144,28 @@ class RingBuffer(Generic[T]):
         """
         deadline = deadline_after(timeout)
         with self.not_empty:
-            while self._batches == 0 and (not self._closed or self._reserved):
-                left = remaining(deadline)
-                if left == 0.0:
-                    break
-                self.not_empty.wait(left)
+            self._wait_pending(deadline)
             items = self._take_batches()
             if items:
                 self.not_full.notify_all()
             return items, self._put_seq
+
+    def wait_pending(self, timeout: float | None = None) -> bool:
+        """Wait until something is pending (True), or the buffer is finished or ``timeout``
+        passed (False); takes nothing."""
+        deadline = deadline_after(timeout)
+        with self.not_empty:
+            self._wait_pending(deadline)
+            return self._batches > 0
+
+    def _wait_pending(self, deadline: float | None) -> None:
+        # Caller holds the mutex. Once closed, waits only for reserved room to be put or
+        # cancelled (see ``finished``).
+        while self._batches == 0 and (not self._closed or self._reserved):
+            left = remaining(deadline)
+            if left == 0.0:
+                return
+            self.not_empty.wait(left)
 
     def close(self) -> None:
         """Refuse further puts and reservations and wake every waiter; pending items stay."""

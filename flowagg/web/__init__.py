@@ -1,9 +1,13 @@
 """Everything HTTP: the endpoints, the error answers, request ids and the access log.
 
     flows.py       the ``flows`` blueprint: POST /flows, GET /flows?hour=H
+    queries.py     the ``queries`` blueprint: GET /flows/top, /flows/series, /flows/hours
+    page.py        the ``page`` blueprint: GET / (static/: the top-talkers page)
+    formats.py     JSON or CSV: what a GET asked for, and CSV answers
     ops.py         the ``ops`` blueprint: /healthz, /readyz, /metrics, /openapi.json
     errors.py      JSON answers; the app-wide error handlers (store exceptions -> statuses)
-    requestlog.py  request ids and the access log line
+    requestlog.py  request ids and the access log line (a WSGI middleware)
+    guard.py       bearer tokens and roles, and no POSTs from other sites (a WSGI middleware)
     openapi.py     the OpenAPI 3.1 document
     context.py     the current app's store and metrics
 
@@ -15,10 +19,23 @@ from __future__ import annotations
 
 from flask import Flask
 
-from flowagg.web import errors, flows, ops, requestlog
+from flowagg.web import errors, flows, guard, ops, page, queries, requestlog
+from flowagg.web.context import get_access_log
 
 
 def register(app: Flask) -> None:
-    """Register the endpoints, error handlers and request log on ``app``."""
-    for blueprint in (flows.bp, ops.bp, errors.bp, requestlog.bp):
+    """Register the endpoints and error handlers on ``app``, and wrap it in the request log."""
+    for blueprint in (flows.bp, queries.bp, page.bp, ops.bp, errors.bp):
         app.register_blueprint(blueprint)
+    rejected = app.extensions["flowagg.metrics"].requests_rejected
+
+    def on_refused(reason: str) -> None:
+        rejected.labels(reason).inc()
+
+    guarded = guard.Guard(
+        app.wsgi_app,
+        app.extensions.get("flowagg.tokens"),
+        app.config["FLOWAGG_ALLOWED_ORIGINS"] or (),
+        on_refused,
+    )
+    app.wsgi_app = requestlog.RequestLog(guarded, get_access_log(app))

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from flask import current_app
+from flask import Flask, current_app
 
 from flowagg.logs import AccessLog
 from flowagg.metrics import Metrics
@@ -21,5 +21,5 @@ def get_metrics() -> Metrics:
     return current_app.extensions["flowagg.metrics"]
 
 
-def get_access_log() -> AccessLog:
-    return current_app.extensions["flowagg.access"]
+def get_access_log(app: Flask | None = None) -> AccessLog:
+    return (app or current_app).extensions["flowagg.access"]

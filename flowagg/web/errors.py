@@ -15,8 +15,11 @@ from flowagg.schema import InvalidBody, encode
 from flowagg.store.base import (
     Closed,
     Expired,
+    InvalidRecord,
+    KeyLimit,
     KeyReused,
     Overloaded,
+    QueryTooLarge,
     ReadTimeout,
     Unavailable,
     Unreachable,
@@ -52,10 +55,17 @@ def _reject(reason: str) -> None:
 
 
 @bp.app_errorhandler(InvalidBody)
-@bp.app_errorhandler(Expired)
+@bp.app_errorhandler(InvalidRecord)
 def on_invalid_body(exc: Exception) -> Response:
     _reject("expired" if isinstance(exc, Expired) else "invalid")
     return error(400, str(exc))
+
+
+@bp.app_errorhandler(KeyLimit)
+def on_key_limit(exc: KeyLimit) -> Response:
+    # 429 without Retry-After: retrying does not help until hours expire.
+    _reject("key_limit")
+    return error(429, str(exc))
 
 
 @bp.app_errorhandler(BadRequest)
@@ -101,6 +111,12 @@ def on_closed(exc: Closed) -> Response:
 @bp.app_errorhandler(KeyReused)
 def on_key_reused(exc: KeyReused) -> Response:
     _reject("invalid")
+    return error(422, str(exc))
+
+
+@bp.app_errorhandler(QueryTooLarge)
+def on_query_too_large(exc: QueryTooLarge) -> Response:
+    get_metrics().queries_refused.inc()
     return error(422, str(exc))
 
 

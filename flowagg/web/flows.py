@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 import time
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, request
 
 from flowagg.schema import INT64_MAX, decode_flows
 from flowagg.store.base import MAX_KEY_LENGTH
 from flowagg.web.context import get_metrics, get_store
 from flowagg.web.errors import BadRequest, json_response
+from flowagg.web.formats import csv_response, negotiated, shown, wants_csv
+from flowagg.web.guard import TOKEN
+from flowagg.web.requestlog import note_accepted
 
 bp = Blueprint("flows", __name__)
 
@@ -26,7 +29,11 @@ def _ms(setting: str) -> float:
 def post_flows() -> Response:
     # get_data() reads the raw body whatever the Content-Type (curl -d sends a form type) and
     # raises 413 before reading when Content-Length exceeds MAX_CONTENT_LENGTH.
-    key = parse_idempotency_key(request.headers.getlist("Idempotency-Key"))
+    given = request.environ.get("HTTP_IDEMPOTENCY_KEY")  # repeated headers arrive joined by ", "
+    key = parse_idempotency_key([] if given is None else [given])
+    token = request.environ.get(TOKEN)
+    if key is not None and token is not None:  # one client's keys never meet another's
+        key = f"{token}/{key}"
     flows = decode_flows(request.get_data(cache=False))
     accepted = get_store().ingest(
         flows, timeout=_ms("FLOWAGG_ENQUEUE_TIMEOUT_MS"), idempotency_key=key
@@ -34,7 +41,7 @@ def post_flows() -> Response:
     metrics = get_metrics()
     metrics.requests_accepted.inc()
     metrics.flows_accepted.inc(accepted)
-    g.accepted = accepted  # for the request line (requestlog.py)
+    note_accepted(accepted)
     return json_response({"accepted": accepted})
 
 
@@ -42,22 +49,34 @@ def post_flows() -> Response:
 def get_flows() -> Response:
     started = time.perf_counter()
     hour = parse_hour(request.args.getlist("hour"))
-    if hour > INT64_MAX:  # no flow can have such an hour
-        return json_response([])
-    body = get_store().read_hour_json(hour, timeout=_ms("FLOWAGG_READ_TIMEOUT_MS"))
-    response = Response(body, mimetype="application/json")
+    csv = wants_csv(request.args)
+    timeout = _ms("FLOWAGG_READ_TIMEOUT_MS")
+    if csv:
+        rows = get_store().read_hour(hour, timeout) if hour <= INT64_MAX else []
+        response = csv_response(CSV_HEADER, [(*row, hour) for row in rows])
+    elif hour > INT64_MAX:  # no flow can have such an hour
+        response = negotiated(json_response([]))
+    else:
+        body = get_store().read_hour_json(hour, timeout=timeout)
+        response = negotiated(Response(body, mimetype="application/json"))
     get_metrics().read_seconds.observe(time.perf_counter() - started)
     return response
 
 
-def parse_hour(values: list[str]) -> int:
+CSV_HEADER = ("src_app", "dest_app", "vpc_id", "bytes_tx", "bytes_rx", "hour")
+
+
+def parse_hour(values: list[str], name: str = "hour") -> int:
+    """A non-negative decimal integer given once as query parameter ``name``; a value beyond
+    any stored hour comes back as ``INT64_MAX + 1``."""
     if not values:
-        raise BadRequest("query parameter 'hour' is required")
+        raise BadRequest(f"query parameter '{name}' is required")
     if len(values) > 1:
-        raise BadRequest("query parameter 'hour' must be given once")
+        raise BadRequest(f"query parameter '{name}' must be given once")
     if not _HOUR.fullmatch(values[0]):
-        shown = values[0] if len(values[0]) <= 40 else values[0][:37] + "..."
-        raise BadRequest(f"query parameter 'hour' must be a non-negative integer, got {shown!r}")
+        raise BadRequest(
+            f"query parameter '{name}' must be a non-negative integer, got {shown(values[0])}"
+        )
     digits = values[0].lstrip("0")
     if len(digits) > len(str(INT64_MAX)):  # beyond any stored hour; int() refuses 4,300+ digits
         return INT64_MAX + 1

@@ -10,6 +10,7 @@ from typing import Any
 
 from flowagg.schema import INT64_MAX
 from flowagg.store.base import MAX_KEY_LENGTH
+from flowagg.web import openapi_queries
 
 _NAME = {"type": "string", "minLength": 1}
 _COUNT = {"type": "integer", "minimum": 0, "maximum": INT64_MAX}
@@ -22,6 +23,12 @@ def _json(schema: dict, description: str, headers: dict | None = None) -> dict[s
     }
     if headers:
         response["headers"] = headers
+    return response
+
+
+def _with_csv(response: dict[str, Any], description: str) -> dict[str, Any]:
+    """``response`` also offered as text/csv (format=csv or Accept: text/csv)."""
+    response["content"]["text/csv"] = {"schema": {"type": "string", "description": description}}
     return response
 
 
@@ -97,14 +104,22 @@ def openapi_document() -> dict[str, Any]:
                             "in": "query",
                             "required": True,
                             "schema": {"type": "integer", "minimum": 0},
-                        }
+                        },
+                        {"$ref": "#/components/parameters/format"},
                     ],
                     "responses": {
-                        "200": _json(
-                            {"type": "array", "items": {"$ref": "#/components/schemas/FlowTotal"}},
-                            "Rows in order of first appearance; [] for an hour without data",
+                        "200": _with_csv(
+                            _json(
+                                {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/FlowTotal"},
+                                },
+                                "Rows in order of first appearance; [] for an hour without data",
+                            ),
+                            "A header row (src_app, dest_app, vpc_id, bytes_tx, bytes_rx, hour),"
+                            " then the rows",
                         ),
-                        "400": _error("Missing or invalid hour"),
+                        "400": _error("Missing or invalid hour, or an unknown format"),
                         "503": _error("The hour's partition did not catch up in time", True),
                     },
                 },
@@ -145,9 +160,12 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1 document")},
                 }
             },
+            **openapi_queries.paths(),
         },
         "components": {
+            "parameters": openapi_queries.PARAMETERS,
             "schemas": {
+                **openapi_queries.schemas(),
                 "FlowRecord": {
                     "type": "object",
                     "required": ["src_app", "dest_app", "vpc_id", "bytes_tx", "bytes_rx", "hour"],
@@ -188,6 +206,6 @@ def openapi_document() -> dict[str, Any]:
                         "failed": {"type": "array", "items": {"type": "string"}},
                     },
                 },
-            }
+            },
         },
     }

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from flowagg.store.base import Closed
-from flowagg.store.durable.directory import remove_before
+from flowagg.store.durable.directory import free_bytes, remove_before
 from flowagg.store.durable.idempotency import IdempotencyKeys
 from flowagg.store.durable.snapshot import SnapshotWriter
 from flowagg.store.durable.wal import WriteAheadLog
@@ -40,6 +40,14 @@ log = logging.getLogger("flowagg.durable")
 # How long a snapshot waits for a drainer to apply the flows before the cut, before giving up
 # (and retrying later with a new cut).
 SNAPSHOT_DRAIN_TIMEOUT_S = 120.0
+# What a snapshot is taken to need on disk, per row and per key (about twice what they take,
+# names included): it is not begun without that room and as much again for the log.
+SNAPSHOT_BYTES_PER_ROW = 96
+SNAPSHOT_BYTES_PER_KEY = 128
+
+
+class NoRoom(OSError):
+    """Too little free space to write a snapshot without filling the disk; nothing written."""
 
 
 class Cut(NamedTuple):
@@ -64,6 +72,17 @@ class Compactor:
         self.keys = keys
         self._clock = clock
 
+    def check_room(self) -> None:
+        """Raise ``NoRoom`` unless the disk has room for a snapshot of what is held now."""
+        rows = sum(p.keys_held for p in self.partitions)
+        need = 2 * (rows * SNAPSHOT_BYTES_PER_ROW + len(self.keys) * SNAPSHOT_BYTES_PER_KEY)
+        free = free_bytes(self.directory)
+        if free < need:
+            raise NoRoom(
+                f"a snapshot of {rows} rows needs about {need} bytes free, {free} are"
+                f" in {self.directory}"
+            )
+
     def cut(self) -> Cut:
         """Rotate the log and note where each partition's buffer stands (step 1).
 
@@ -80,9 +99,12 @@ class Compactor:
     ) -> None:
         """Copy each partition at or after the cut and publish the snapshot (steps 2 and 3).
 
-        Stops with ``Closed`` before the next partition once ``closed()`` is true.
+        Stops with ``Closed`` before the next partition once ``closed()`` is true. Raises
+        ``NoRoom`` before writing anything if the disk lacks room for it: a snapshot that filled
+        the disk would make the log's appends fail until it was removed.
         """
         started = time.monotonic()
+        self.check_room()
         writer = SnapshotWriter(self.directory, cut.generation)
         try:
             skip = []

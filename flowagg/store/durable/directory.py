@@ -21,6 +21,12 @@ from flowagg.store.durable.wal import log_path
 LOCK_FILE = "LOCK"
 
 
+def free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer may still write on the directory's file system."""
+    stat = os.statvfs(directory)
+    return stat.f_bavail * stat.f_frsize
+
+
 class DataDirInUse(RuntimeError):
     """Another process holds the data directory's lock."""
 

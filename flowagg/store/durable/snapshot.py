@@ -119,8 +119,14 @@ class SnapshotWriter:
         fsync_dir(self.directory)
 
     def abort(self) -> None:
-        self._file.close()
-        self.tmp_path.unlink(missing_ok=True)
+        """Remove the temporary file, whatever state the write left it in (a full disk makes
+        close() fail while flushing: the file must go all the same, or it keeps the disk full)."""
+        try:
+            self._file.close()
+        except OSError:
+            pass  # the data is being thrown away; only the file's removal matters
+        finally:
+            self.tmp_path.unlink(missing_ok=True)
 
 
 def load_snapshot(

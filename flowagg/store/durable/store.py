@@ -36,8 +36,8 @@ from flowagg.store.base import (
     Top,
     Unavailable,
 )
-from flowagg.store.durable.compaction import SNAPSHOT_DRAIN_TIMEOUT_S, Compactor, Cut
-from flowagg.store.durable.directory import lock_directory
+from flowagg.store.durable.compaction import SNAPSHOT_DRAIN_TIMEOUT_S, Compactor, Cut, NoRoom
+from flowagg.store.durable.directory import free_bytes, lock_directory
 from flowagg.store.durable.idempotency import IdempotencyKeys, KeyEntry
 from flowagg.store.durable.records import encode_record
 from flowagg.store.durable.recovery import recover
@@ -53,6 +53,10 @@ log = logging.getLogger("flowagg.durable")
 
 # Pause after a failed snapshot before the next attempt, so a persistent fault does not spin.
 SNAPSHOT_RETRY_S = 5.0
+# Free space under which a log that failed to append counts as unable to take requests.
+LOG_ROOM_BYTES = 1024 * 1024
+# Pause before trying again a snapshot put off for lack of disk space.
+NO_ROOM_RETRY_S = 30.0
 
 
 class DurableStore:
@@ -74,6 +78,9 @@ class DurableStore:
         start: bool = True,
         clock: Callable[[], float] = time.time,
         max_query_rows: int | None = None,
+        max_future_hours: int | None = None,
+        max_keys: int | None = None,
+        max_name_bytes: int | None = None,
     ) -> None:
         self.memory = PartitionedStore(
             partitions,
@@ -82,6 +89,10 @@ class DurableStore:
             on_drain,
             start=False,
             max_query_rows=max_query_rows,
+            max_future_hours=max_future_hours,
+            max_keys=max_keys,
+            max_name_bytes=max_name_bytes,
+            clock=clock,
         )
         self.directory = Path(directory)
         self.snapshot_bytes = snapshot_bytes
@@ -91,7 +102,7 @@ class DurableStore:
         try:
             self._keys = IdempotencyKeys(idempotency_ttl_s)
             recovered = recover(self.directory, self.memory, self._keys, self._clock())
-            self.memory.restore_window()
+            self.memory.expire()  # what the log held of hours that left the window since
             self._wal = WriteAheadLog(
                 self.directory, recovered.next_generation, fsync, fsync_interval_s, on_fsync
             )
@@ -131,9 +142,6 @@ class DurableStore:
 
     def partition_for(self, hour: int) -> Partition:
         return self.memory.partition_for(hour)
-
-    def window(self) -> tuple[int, int] | None:
-        return self.memory.window()
 
     # -- reads: the memory store answers them ------------------------------------------------
 
@@ -181,11 +189,17 @@ class DurableStore:
             if known is not None:
                 self._commit(known[0])
                 return known[1]
-        newest = self.memory.check_hours(flows)
+        flows = flows if isinstance(flows, list) else list(flows)
+        self.memory.check(flows)
         parts = self.memory.split(flows)
         # Room first, outside the gate: waiting for a drainer must not hold up other requests,
-        # and a request that gets no room must never reach the log.
-        self.memory.reserve(parts, timeout)
+        # and a request that gets no room (or would pass the key limit) never reaches the log.
+        estimates = self.memory.admit_keys(parts, timeout)
+        try:
+            self.memory.reserve(parts, timeout)
+        except BaseException:
+            self.memory.cancel_keys(estimates)
+            raise
         enqueued = False
         try:
             with self._gate:
@@ -200,7 +214,7 @@ class DurableStore:
                     return 0
                 else:
                     record, answer = self._append(payload), len(flows)
-                    self.memory.put_reserved(parts)
+                    seqs = self.memory.put_reserved(parts)
                     enqueued = True
                     if idempotency_key is not None:
                         self._keys.add(idempotency_key, KeyEntry(now, answer, fingerprint), now)
@@ -210,8 +224,10 @@ class DurableStore:
         finally:
             if not enqueued:
                 self.memory.cancel(parts)
-        if enqueued and newest is not None:
-            self.memory.advance_window(newest)
+                self.memory.cancel_keys(estimates)
+        if enqueued:
+            self.memory.queued_keys(seqs, estimates)
+            self.memory.expire()
         self._commit(record)
         return answer
 
@@ -234,9 +250,13 @@ class DurableStore:
 
     def health(self, high_watermark: float) -> list[str]:
         problems = self.memory.health(high_watermark)
-        failure = self._wal.failure
+        failure, write_error = self._wal.failure, self._wal.write_error
         if failure is not None:
             problems.append(f"log: {failure}")
+        elif write_error is not None and (free := free_bytes(self.directory)) < LOG_ROOM_BYTES:
+            # Unready while the disk stays full; ready again once there is room, so that traffic
+            # comes back (the next append then clears the error).
+            problems.append(f"log: {write_error} ({free} bytes free in {self.directory})")
         elif not os.access(self.directory, os.W_OK):
             problems.append(f"log: directory {self.directory} is not writable")
         return problems
@@ -267,17 +287,24 @@ class DurableStore:
                 if cut is None:
                     if not self._wait_for_compaction():
                         return
+                    self._compactor.check_room()  # before the log rotates: nothing is done
                     cut = self.begin_snapshot()
                 self.write_snapshot(cut)
                 cut = None
             except (Closed, LogFailed):
                 return  # closing, or the log failed (logged where it failed; writes now fail)
+            except NoRoom as exc:
+                log.warning("snapshot put off: %s; trying again in %s s", exc, NO_ROOM_RETRY_S)
+                retry = NO_ROOM_RETRY_S
             except Exception:
                 log.exception("snapshot failed; retrying in %s s", SNAPSHOT_RETRY_S)
-                deadline = time.monotonic() + SNAPSHOT_RETRY_S
-                with self.compaction_due:
-                    while not self._closed and (left := deadline - time.monotonic()) > 0:
-                        self.compaction_due.wait(left)
+                retry = SNAPSHOT_RETRY_S
+            else:
+                continue
+            deadline = time.monotonic() + retry
+            with self.compaction_due:
+                while not self._closed and (left := deadline - time.monotonic()) > 0:
+                    self.compaction_due.wait(left)
 
     def _wait_for_compaction(self, timeout: float | None = None) -> bool:
         """Wait until a snapshot is due (True) or the store closes (False)."""
@@ -294,6 +321,7 @@ class DurableStore:
         """Wait until a snapshot is due, then take it, in the calling thread."""
         if not self._wait_for_compaction(timeout):
             raise Closed("store is closed")
+        self._compactor.check_room()
         self.write_snapshot(self.begin_snapshot())
 
     def begin_snapshot(self) -> Cut:
@@ -338,7 +366,11 @@ class DurableStore:
         return ok
 
 
-def open_durable_store(config: Mapping[str, Any], metrics: Metrics | None = None) -> DurableStore:
+def open_durable_store(
+    config: Mapping[str, Any],
+    metrics: Metrics | None = None,
+    clock: Callable[[], float] = time.time,
+) -> DurableStore:
     """A durable store configured by the ``FLOWAGG_*`` settings (see config.py)."""
     return DurableStore(
         config["FLOWAGG_DATA_DIR"],
@@ -352,4 +384,8 @@ def open_durable_store(config: Mapping[str, Any], metrics: Metrics | None = None
         on_drain=metrics.observe_drain if metrics else None,
         on_fsync=metrics.fsync_seconds.observe if metrics else None,
         max_query_rows=config["FLOWAGG_MAX_QUERY_ROWS"],
+        max_future_hours=config["FLOWAGG_MAX_FUTURE_HOURS"],
+        max_keys=config["FLOWAGG_MAX_KEYS"],
+        max_name_bytes=config["FLOWAGG_MAX_NAME_BYTES"],
+        clock=clock,
     )

@@ -112,6 +112,7 @@ class WriteAheadLog:
         self._synced = 0  # every record up to this number is on disk
         self._syncing = False  # a thread is fsyncing with the mutex released
         self._failed: BaseException | None = None
+        self._write_error: str | None = None  # the last append's error, if it failed
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -155,10 +156,19 @@ class WriteAheadLog:
                 _write_all(self._fd, record, self._size)
             except OSError as exc:
                 self._undo_write(exc)
-                raise LogFailed(f"cannot write the log: {exc}") from exc
+                self._write_error = f"cannot write the log: {exc}"
+                raise LogFailed(self._write_error) from exc
+            self._write_error = None
             self._size += len(record)
             self._appended += 1
             return self._appended
+
+    @property
+    def write_error(self) -> str | None:
+        """Why the last append failed (a full disk, say), until one succeeds; the log stays
+        usable, unlike after ``failure``."""
+        with self._mutex:
+            return self._write_error
 
     def _undo_write(self, exc: OSError) -> None:
         # Caller holds the mutex. A log with half a record followed by whole ones would refuse

@@ -476,10 +476,55 @@ table_first_outside(PyObject *Py_UNUSED(module), PyObject *args)
     return PyLong_FromLong(-1);
 }
 
+PyDoc_STRVAR(first_long_name_doc,
+"first_long_name(flows, limit) -> (index, field) or None\n\n"
+"The first flow record with a name longer than `limit` bytes of UTF-8, and that name's field.");
+
+static PyObject *
+table_first_long_name(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *flows;
+    Py_ssize_t limit;
+    if (!PyArg_ParseTuple(args, "O!n:first_long_name", &PyList_Type, &flows, &limit)) {
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(flows);
+    Layout layout = {0};
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *flow = PyList_GET_ITEM(flows, i);
+        const Layout *l = layout_for(flow, &layout);
+        for (int f = F_SRC; f <= F_VPC; f++) {
+            PyObject *name = read_field(flow, l, f);
+            if (name == NULL) {
+                return NULL;
+            }
+            Py_ssize_t length = -1;
+            if (!PyUnicode_Check(name)) {
+                PyErr_Format(PyExc_TypeError, "%s must be a str", FIELD_NAMES[f]);
+            }
+            else if (PyUnicode_IS_COMPACT_ASCII(name)) {
+                length = PyUnicode_GET_LENGTH(name);
+            }
+            else if (PyUnicode_AsUTF8AndSize(name, &length) == NULL) {
+                length = -1;
+            }
+            Py_DECREF(name);
+            if (length < 0) {
+                return NULL;
+            }
+            if (length > limit) {
+                return Py_BuildValue("ns", i, FIELD_NAMES[f]);
+            }
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 PyMethodDef records_functions[] = {
     {"split", table_split, METH_VARARGS, split_doc},
     {"hour_bounds", table_hour_bounds, METH_O, hour_bounds_doc},
     {"first_outside", table_first_outside, METH_VARARGS, first_outside_doc},
+    {"first_long_name", table_first_long_name, METH_VARARGS, first_long_name_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -447,6 +447,99 @@ done:
     return result;
 }
 
+static inline int
+same_key(const KeyRef *a, const KeyRef *b)
+{
+    for (int f = 0; f < 3; f++) {
+        if (a->length[f] != b->length[f] || !same_bytes(a->name[f], b->name[f], a->length[f])) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Distinct (hour, key) pairs of the batch that the tables do not hold. */
+static uint64_t
+batch_count_new(HourTables *self, Batch *b)
+{
+    uint64_t size = slots_for((uint64_t)b->n);
+    Slot *seen = PyMem_RawCalloc(size, sizeof(Slot)); /* the new pairs met so far: items */
+    if (seen == NULL) {
+        return UINT64_MAX;
+    }
+    uint32_t mask = (uint32_t)(size - 1);
+    for (uint32_t g = 0; g < b->ngroups; g++) {
+        b->groups[g].table = tables_find(self, b->groups[g].hour);
+    }
+    uint64_t count = 0;
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        Item *item = &b->items[i];
+        const Hour *h = b->groups[item->group].table;
+        item->hash = short_hash(hash_key(&item->key));
+        if (h != NULL && hour_find(h, &item->key, item->hash) != 0) {
+            continue;
+        }
+        uint32_t s = item->hash & mask;
+        for (; seen[s].index != SLOT_NONE; s = (s + 1) & mask) {
+            const Item *other = &b->items[seen[s].index - 1];
+            if (seen[s].hash == item->hash && other->group == item->group
+                && same_key(&other->key, &item->key)) {
+                break;
+            }
+        }
+        if (seen[s].index == SLOT_NONE) {
+            seen[s].index = (uint32_t)i + 1;
+            seen[s].hash = item->hash;
+            count++;
+        }
+    }
+    PyMem_RawFree(seen);
+    return count;
+}
+
+PyDoc_STRVAR(count_new_doc,
+"count_new(flows) -> int\n\n"
+"How many distinct (hour, key) pairs of a list of flow records the tables do not hold yet:\n"
+"the key-hours merging them would add. Changes nothing.");
+
+static PyObject *
+HourTables_count_new(HourTables *self, PyObject *flows)
+{
+    if (check_idle(self, 0) < 0) {
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(flows, "flows must be a sequence");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Batch b = {0};
+    PyObject *result = NULL;
+    b.items = PyMem_RawMalloc((n > 0 ? n : 1) * sizeof(Item));
+    if (b.items == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    PyObject **objects = PySequence_Fast_ITEMS(seq);
+    Layout layout = {0};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        item_init(&b.items[i]);
+        b.n = i + 1;
+        if (read_flow(objects[i], &layout, &b.items[i]) < 0) {
+            goto done;
+        }
+    }
+    if (batch_group(&b) < 0) {
+        goto done;
+    }
+    uint64_t count = batch_count_new(self, &b);
+    result = count == UINT64_MAX ? PyErr_NoMemory() : PyLong_FromUnsignedLongLong(count);
+done:
+    batch_free(&b);
+    Py_DECREF(seq);
+    return result;
+}
+
 PyDoc_STRVAR(merge_rows_doc,
 "merge_rows(hour, rows) -> new_keys\n\n"
 "Add summed rows (src_app, dest_app, vpc_id, bytes_tx, bytes_rx) to an hour, as a snapshot\n"
@@ -824,6 +917,7 @@ static PyMethodDef HourTables_methods[] = {
     {"drop_before", (PyCFunction)HourTables_drop_before, METH_O, drop_before_doc},
     {"key_count", (PyCFunction)HourTables_key_count, METH_O, key_count_doc},
     {"scan", (PyCFunction)HourTables_scan, METH_VARARGS, scan_doc},
+    {"count_new", (PyCFunction)HourTables_count_new, METH_O, count_new_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -83,7 +83,7 @@ class Committer:
         self.client = client
         self.buckets = buckets
         self.ttl = str(ttl_s)
-        self.window = window  # store.Window: the retention window, learnt from Redis
+        self.window = window  # retention.Retention: the window, and the hours listed in Redis
         self.timeout_s = timeout_s
 
     def commit(self, batch: list[Flow], tickets: list[Ticket], first_seq: int) -> Outcomes:

@@ -13,8 +13,8 @@ added (the result is in [0, 2^63-2]) and 1 added to the carry. Nothing is checke
 Lua beyond that, so the value is exact at any size.
 
 flowagg_v1_commit: one bucket of one hour, one group commit of an instance.
-  KEYS[1]       the bucket's hash                  flowagg:v1:h:{H:b}
-  KEYS[1 + i]   the marker of keyed request i      flowagg:v1:idem:{H:b}:<Idempotency-Key>
+  KEYS[1]       the bucket's hash                  flowagg:v1:h:{T}:H:b
+  KEYS[1 + i]   the marker of keyed request i      flowagg:v1:idem:{T}:H:b:<Idempotency-Key>
   ARGV[1]       the markers' time to live, in seconds
   ARGV[2..]     contributions: the unkeyed one first, then one per keyed request (in KEYS order).
                 Each is `n_small n_wide` followed by n_small times `key tx rx` (counters below
@@ -23,12 +23,6 @@ flowagg_v1_commit: one bucket of one hour, one group commit of an instance.
   A keyed contribution is applied only if its marker did not exist (SET NX with the TTL, in the
   same call): a retry of a request applies the buckets it is missing and skips the others.
   Returns the number of keyed contributions that were applied now (the rest were already).
-
-flowagg_v1_note: the hours an instance is about to commit, and the newest hour.
-  KEYS[1]   the set of hours holding data           flowagg:v1:{meta}:hours
-  KEYS[2]   the newest hour seen                    flowagg:v1:{meta}:newest
-  ARGV[1]   the newest hour of the commit; ARGV[2..] its hours (decimal strings)
-  Returns {newest before, newest after} (decimal strings; '' before the first hour).
 ]]
 
 local MINUS_2_63 = '-9223372036854775808'
@@ -84,26 +78,4 @@ local function commit(keys, args)
   return applied
 end
 
--- a > b for decimal strings without leading zeros (hours may exceed 2^53).
-local function greater(a, b)
-  if #a ~= #b then
-    return #a > #b
-  end
-  return a > b
-end
-
-local function note(keys, args)
-  for i = 2, #args do
-    redis.call('SADD', keys[1], args[i])
-  end
-  local before = redis.call('GET', keys[2]) or ''
-  local after = before
-  if before == '' or greater(args[1], before) then
-    redis.call('SET', keys[2], args[1])
-    after = args[1]
-  end
-  return {before, after}
-end
-
 redis.register_function('flowagg_v1_commit', commit)
-redis.register_function('flowagg_v1_note', note)

@@ -6,7 +6,6 @@ Every key carries the layout's version in its prefix, so a new layout never read
     flowagg:v1:idem:{T}:H:b:<key>      string: the Idempotency-Key <key> is applied to bucket b
     flowagg:v1:key:<key>               string: "<fingerprint>:<flows>" of the request <key> names
     flowagg:v1:{meta}:hours            set: the hours that hold data (decimal strings)
-    flowagg:v1:{meta}:newest           string: the newest hour seen by any instance
 
 The hash tag ``{T}`` puts a bucket and its idempotency markers in one slot, so one function
 call updates both atomically. An hour is spread over ``buckets`` hashes by a stable hash of the
@@ -43,9 +42,7 @@ VERSION = 1
 PREFIX = f"flowagg:v{VERSION}:"
 LIBRARY = f"flowagg_v{VERSION}"  # the Redis Functions library, loaded by this versioned name
 COMMIT_FUNCTION = f"{LIBRARY}_commit"
-NOTE_FUNCTION = f"{LIBRARY}_note"
 HOURS_KEY = f"{PREFIX}{{meta}}:hours"
-NEWEST_KEY = f"{PREFIX}{{meta}}:newest"
 
 LOW = 2**63  # a counter's low part stays below this; the carry counts multiples of it
 TAGS = {ord("t"): (0, 0), ord("T"): (0, 1), ord("r"): (1, 0), ord("R"): (1, 1)}  # (counter, carry)

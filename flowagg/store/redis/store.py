@@ -8,7 +8,8 @@ the hour from the primaries, pipelined, and sums them exactly; rows come sorted 
 (first appearance cannot be kept across instances). Range queries load each hour into a native
 ``HourTables`` and scan it, so grouping stays in C (query.py).
 
-Retention works across instances (retention.py): the newest hour lives in Redis.
+Retention works across instances (retention.py): each takes the window from its clock, as the
+embedded store does, and Redis lists the hours that hold data.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import threading
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -48,7 +49,7 @@ from flowagg.store.redis.commit import (
     CommitPartition,
     Committer,
 )
-from flowagg.store.redis.retention import Window
+from flowagg.store.redis.retention import Retention
 from flowagg.store.ringbuffer import Closed as BufferClosed
 from flowagg.store.ringbuffer import Full, deadline_after, remaining
 
@@ -73,6 +74,9 @@ class RedisStore:
         max_query_rows: int | None = None,
         metrics: Metrics | None = None,
         start: bool = True,
+        max_future_hours: int | None = None,
+        max_name_bytes: int | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if partitions < 1 or buckets < 1:
             raise ValueError("partitions and buckets must be at least 1")
@@ -82,7 +86,9 @@ class RedisStore:
         self.timeout_s = timeout_s
         self.ttl_s = idempotency_ttl_s
         self.max_query_rows = max_query_rows
-        self.window = Window(self.client, buckets, retention_hours)
+        self.window = Retention(
+            self.client, buckets, retention_hours, max_future_hours, max_name_bytes, clock
+        )
         committer = Committer(self.client, buckets, idempotency_ttl_s, self.window, timeout_s)
         on_commit = observer.observe_commit if observer else None
         self.partitions = [
@@ -306,8 +312,13 @@ def _overall(outcomes: set[str | None]) -> str:
 _fingerprint_encoder = msgspec.msgpack.Encoder()
 
 
-def open_redis_store(config: Mapping[str, Any], metrics: Metrics | None = None) -> RedisStore:
-    """A Redis store configured by the ``FLOWAGG_*`` settings (see config.py)."""
+def open_redis_store(
+    config: Mapping[str, Any],
+    metrics: Metrics | None = None,
+    clock: Callable[[], float] = time.time,
+) -> RedisStore:
+    """A Redis store configured by the ``FLOWAGG_*`` settings (see config.py). It does not
+    enforce FLOWAGG_MAX_KEYS: Redis's own maxmemory bounds what it holds."""
     return RedisStore(
         config["FLOWAGG_REDIS_URL"],
         partitions=config["FLOWAGG_PARTITIONS"],
@@ -318,4 +329,7 @@ def open_redis_store(config: Mapping[str, Any], metrics: Metrics | None = None) 
         retention_hours=config["FLOWAGG_RETENTION_HOURS"],
         max_query_rows=config["FLOWAGG_MAX_QUERY_ROWS"],
         metrics=metrics,
+        max_future_hours=config["FLOWAGG_MAX_FUTURE_HOURS"],
+        max_name_bytes=config["FLOWAGG_MAX_NAME_BYTES"],
+        clock=clock,
     )

@@ -1,0 +1,162 @@
+"""What a store refuses before it takes a request: hours outside the window its clock allows,
+names longer than a limit, and key-hours past a limit.
+
+Hours are hours since the Unix epoch (``floor(unix time / 3600)``) when a window is set. The
+window is the server's, never a client's: ``[now - FLOWAGG_RETENTION_HOURS, now +
+FLOWAGG_MAX_FUTURE_HOURS]`` from the clock, so no POST can move it (a record from far in the future
+once moved a window that followed the newest hour posted, and erased every other client's data).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from flowagg.schema import Flow
+from flowagg.store import table
+from flowagg.store.base import Expired, KeyLimit, NameTooLong
+
+SECONDS_PER_HOUR = 3600
+
+
+def hour_of(unix_time: float) -> int:
+    return int(unix_time // SECONDS_PER_HOUR)
+
+
+class Window:
+    """The hours a store accepts now: ``retention`` hours back and ``future`` hours ahead of the
+    clock's hour, either unbounded when None. Without retention the future bound applies only
+    when set; with retention it defaults to 1 hour (a clock running a little ahead)."""
+
+    def __init__(
+        self,
+        retention: int | None = None,
+        future: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.retention = retention
+        self.future = 1 if future is None and retention is not None else future
+        self.clock = clock
+
+    @property
+    def bounded(self) -> bool:
+        return self.retention is not None or self.future is not None
+
+    def bounds(self) -> tuple[int | None, int | None]:
+        """(oldest, newest) hour accepted now; None for no bound."""
+        now = hour_of(self.clock())
+        oldest = now - self.retention if self.retention is not None else None
+        newest = now + self.future if self.future is not None else None
+        return oldest, newest
+
+    def describe(self, oldest: int | None, newest: int | None) -> str:
+        settings = []
+        if self.retention is not None:
+            settings.append(f"FLOWAGG_RETENTION_HOURS={self.retention}")
+        if self.future is not None:
+            settings.append(f"FLOWAGG_MAX_FUTURE_HOURS={self.future}")
+        low = "-" if oldest is None else oldest
+        high = "-" if newest is None else newest
+        return (
+            f"the window [{low}, {high}] of hours since the Unix epoch the server accepts now"
+            f" ({', '.join(settings)})"
+        )
+
+    def check(self, flows: list[Flow]) -> None:
+        """Raise ``Expired`` for the first record whose hour is outside the window."""
+        if not self.bounded:
+            return
+        found = table.hour_bounds(flows)
+        if found is None:
+            return
+        oldest, newest = self.bounds()
+        low, high = oldest if oldest is not None else 0, newest if newest is not None else -1
+        if found[0] < low or (newest is not None and found[1] > high):
+            index = table.first_outside(flows, low, high if newest is not None else 2**63 - 1)
+            raise Expired(index, flows[index].hour, self.describe(oldest, newest))
+
+
+def check_names(flows: list[Flow], max_bytes: int | None) -> None:
+    """Raise ``NameTooLong`` for the first name longer than ``max_bytes`` bytes of UTF-8."""
+    if max_bytes is None:
+        return
+    found = table.first_long_name(flows, max_bytes)
+    if found is not None:
+        raise NameTooLong(found[0], found[1], max_bytes)
+
+
+class KeyBudget:
+    """Admits requests while the key-hours held plus those they may add stay within a limit.
+
+    A request is admitted with an estimate of the key-hours it adds: its number of flows while
+    that is far from the limit (no work), else the exact number of new (hour, key) pairs,
+    counted in C against the tables once everything pending is applied. Estimates count as
+    "pending" from admission until the drainer has applied the request's flows (the partition's
+    applied sequence number passes them), when they leave the budget and the tables count them.
+    So concurrent requests can never together pass the limit.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        held: Callable[[], int],
+        applied: Sequence[Callable[[], int]],
+    ) -> None:
+        self.limit = limit
+        self._held = held  # key-hours in the tables now
+        self._applied = applied  # per partition: sequence number of the last flow applied
+        # One mutex guards every field below.
+        self._mutex = threading.Lock()
+        self._admitted = 0  # estimates of requests admitted and not yet put
+        # Per partition: (sequence number of a request's last flow there, estimate), in order.
+        self._queued: list[deque[tuple[int, int]]] = [deque() for _ in applied]
+        self._queued_total = 0
+
+    def admit(
+        self, parts: dict[int, list[Flow]], count: Callable[[], dict[int, int]]
+    ) -> dict[int, int]:
+        """Estimates per partition for a request split as ``parts``, or raise ``KeyLimit``.
+
+        ``count()`` gives the exact new key-hours per partition (called only near the limit, by
+        a caller that has first let everything pending be applied). The caller must then call
+        ``queued`` after putting each part, or ``cancel`` if it puts nothing.
+        """
+        estimate = {index: len(part) for index, part in parts.items()}
+        with self._mutex:
+            if self._fits(sum(estimate.values())):
+                self._admitted += sum(estimate.values())
+                return estimate
+        exact = count()
+        with self._mutex:
+            self._release_applied()
+            new = sum(exact.values())
+            if not self._fits(new):
+                raise KeyLimit(self.limit, self._held(), new)
+            self._admitted += new
+            return exact
+
+    def queued(self, index: int, seq: int, estimate: int) -> None:
+        """A part admitted with ``estimate`` was put; its last flow has number ``seq``."""
+        with self._mutex:
+            self._admitted -= estimate
+            self._queued[index].append((seq, estimate))
+            self._queued_total += estimate
+
+    def cancel(self, estimates: dict[int, int]) -> None:
+        with self._mutex:
+            self._admitted -= sum(estimates.values())
+
+    def _fits(self, new: int) -> bool:
+        # Caller holds the mutex.
+        self._release_applied()
+        return self._held() + self._admitted + self._queued_total + new <= self.limit
+
+    def _release_applied(self) -> None:
+        # Caller holds the mutex. Estimates of requests the drainers have applied leave.
+        for index, queue in enumerate(self._queued):
+            if queue:
+                applied = self._applied[index]()
+                while queue and queue[0][0] <= applied:
+                    self._queued_total -= queue.popleft()[1]

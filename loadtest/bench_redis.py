@@ -1,13 +1,13 @@
 """Benchmark of the Redis store: instances over a 3-primary cluster against the embedded store.
 
-    .venv/bin/python -m loadtest.bench_redis            # about 4 minutes
+    .venv/bin/python -m loadtest.bench_redis            # about 3 minutes
     .venv/bin/python -m loadtest.bench_redis --quick    # about 2 minutes
 
 Everything runs on 127.0.0.1 in one run, so the ratios compare like with like. A Redis Cluster of
 3 primaries (tests/redis_cluster.py: Debian's redis-server, AOF with ``appendfsync everysec``;
 ``--aof`` picks another) is started once. In each round, every server starts afresh
-(``waitress-serve --threads=8``) and wrk posts 1,000-flow batches (loadtest/wrk/post.lua, 10,000
-keys, 8 connections) for ``--duration`` seconds, over 1 hour and over 24 hours, to:
+(``waitress-serve --threads=8``) and wrk posts 1,000-flow batches (loadtest/wrk/post.lua, at most
+10,000 keys an hour, 8 connections) for ``--duration`` seconds, over 1 hour and over 24 hours, to:
 
     embedded     one instance with the in-memory store (the baseline)
     redis        one instance over the cluster
@@ -47,6 +47,7 @@ from tests.redis_cluster import RedisCluster
 
 RESULTS = ROOT / "loadtest" / "results"
 SCENARIOS = {"1 hour": 1, "24 hours": 24}
+HOUR0 = 100  # post.lua's first hour: the current hour of the 1-hour load
 MIXED_HOUR = 500
 
 
@@ -69,12 +70,13 @@ def start(name: str, out: Path, threads: int, env: dict[str, str]) -> Server:
 def post_load(servers: list[Server], hours: int, opts) -> tuple[float, float]:
     """Flows/s of every server together, each driven by its own wrk at the same time, and the
     cores the servers used meanwhile (their CPU time over the wall time)."""
-    driver = WrkDriver(opts.connections, opts.wrk_threads)
-    load = Load("post1000", {"flows": 1000, "keys": 10_000, "hours": hours, "bodies": 16}, 1000)
+    driver = WrkDriver(opts.wrk_threads)
+    params = {"flows": 1000, "keys": 10_000, "spread": hours, "hour0": HOUR0, "bodies": 16}
+    load = Load("post1000", params, 1000)
     results: list[dict] = []
 
     def drive(server: Server) -> None:
-        results.append(driver.run(server.url, load, opts.duration))
+        results.append(driver.run(server.url, load, opts.duration, opts.connections))
 
     threads = [threading.Thread(target=drive, args=(s,)) for s in servers]
     started = time.monotonic(), sum(s.cpu_seconds() for s in servers)
@@ -190,7 +192,7 @@ def bench(opts, log) -> dict:
                         1e6 * (redis_cpu(cluster) - cpu) / (rate * opts.duration)
                     )
                     if hours == 1:
-                        figures["spread"] = spread(cluster, 0, 16)
+                        figures["spread"] = spread(cluster, HOUR0, 16)
                 finally:
                     server.stop()
                 cluster.flush()

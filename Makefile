@@ -14,7 +14,7 @@ THREADS ?= 8
 NATIVE_SOURCES := $(wildcard flowagg/store/native/*.c flowagg/store/native/*.h)
 NATIVE := $(VENV)/.native-built
 
-.PHONY: run test chromium bench lint check-native clean
+.PHONY: run test chromium redis-tools bench lint check-native clean
 
 $(BIN)/activate: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +46,7 @@ run: $(NATIVE)
 # nginx on port 80; the tests start theirs.)
 CHROMIUM := /usr/bin/chromium
 
-test: $(NATIVE) chromium
+test: $(NATIVE) chromium redis-tools
 	@{ command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null && command -v openssl >/dev/null || \
 		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		{ apt-get update -qq && apt-get install -y -qq nginx openssl; } >/dev/null 2>&1; } || \
@@ -57,6 +57,14 @@ chromium:
 	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 		>/dev/null 2>&1; } || echo "chromium is not installed: the page tests will fail"
+
+# Debian's redis-server and redis-tools: the Redis store's tests start a real cluster with them.
+# Installed here when missing and we may (root with apt-get); without them those tests fail.
+redis-tools:
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && apt-get install -y -qq redis-server redis-tools; } >/dev/null 2>&1; } || \
+		echo "redis-server cannot be installed: the Redis store's tests will fail"
 
 # wrk is a Debian package: installed here when missing and we may (root with apt-get);
 # without it the harness drives the servers with locust instead.

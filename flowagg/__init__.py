@@ -13,11 +13,12 @@ from typing import Any
 from flask import Flask
 
 from flowagg import logs, web
-from flowagg.config import ConfigError, resolve
+from flowagg.config import ConfigError, for_log, resolve
 from flowagg.metrics import Metrics
 from flowagg.shutdown import exit_on_sigterm
 from flowagg.store.durable import open_durable_store
 from flowagg.store.memory import PartitionedStore
+from flowagg.store.redis.store import open_redis_store
 from flowagg.tokens import Tokens, TokensFileError
 from flowagg.web.guard import is_loopback, waitress_hosts
 
@@ -46,7 +47,7 @@ def create_app(
         app.config["FLOWAGG_LOG_LEVEL"],
         app.config["FLOWAGG_LOG_BUFFER_BYTES"],
     )
-    log.info("starting", extra={"fields": dict(settings)})
+    log.info("starting", extra={"fields": for_log(settings)})
 
     tokens = None
     if app.config["FLOWAGG_TOKENS_FILE"] is not None:
@@ -62,7 +63,10 @@ def create_app(
 
     metrics = Metrics()
     metrics.watch_log(log_buffer)
-    if app.config["FLOWAGG_DATA_DIR"] is None:
+    if app.config["FLOWAGG_REDIS_URL"] is not None:  # stateless: everything is in Redis
+        store = open_redis_store(app.config, metrics, clock)
+        exit_on_sigterm(store)
+    elif app.config["FLOWAGG_DATA_DIR"] is None:
         store = PartitionedStore(
             partitions=app.config["FLOWAGG_PARTITIONS"],
             buffer_capacity=app.config["FLOWAGG_BUFFER_CAPACITY"],

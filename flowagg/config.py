@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 PREFIX = "FLOWAGG_"
 
@@ -92,6 +93,23 @@ def _origins(raw: Any) -> tuple[str, ...]:
         if scheme not in ("http", "https") or not sep or not rest or "/" in rest:
             raise ValueError(f"{origin!r} is not an origin like https://host[:port]")
     return origins
+
+
+def _redis_url(raw: Any) -> str | None:
+    """redis://[user:password@]host[:port]; None or '' leaves it unset."""
+    if raw is None:
+        return None
+    url = str(raw).strip()
+    if not url:
+        return None
+    parsed = urlsplit(url)
+    if parsed.scheme not in ("redis", "rediss") or not parsed.hostname:
+        raise ValueError("expected redis://host:port")
+    try:
+        parsed.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        raise ValueError("expected redis://host:port with a numeric port") from None
+    return url
 
 
 @dataclass(frozen=True)
@@ -240,6 +258,26 @@ SETTINGS = (
         _int_at_least(1),
         "How long an Idempotency-Key is remembered after its request was applied.",
     ),
+    # Scale-out (flowagg/store/redis/): several instances over one Redis or Redis Cluster.
+    Setting(
+        "FLOWAGG_REDIS_URL",
+        None,
+        _redis_url,
+        "redis://host:port of one Redis node or of any node of a cluster; selects the Redis"
+        " store. Not together with FLOWAGG_DATA_DIR.",
+    ),
+    Setting(
+        "FLOWAGG_REDIS_BUCKETS",
+        16,
+        _int_at_least(1, 16384),
+        "Hashes each hour is spread over in Redis (so over the cluster's primaries).",
+    ),
+    Setting(
+        "FLOWAGG_REDIS_TIMEOUT_MS",
+        2_000,
+        _int_at_least(1),
+        "How long one Redis round trip, and a commit's resends after refusals, may take.",
+    ),
 )
 
 DEFAULTS = {s.name: s.default for s in SETTINGS}
@@ -257,7 +295,25 @@ def resolve(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = No
     unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in DEFAULTS)
     if unknown:
         raise ConfigError(f"unknown setting {unknown[0]} (known: {', '.join(DEFAULTS)})")
+    if values.get("FLOWAGG_REDIS_URL") and values.get("FLOWAGG_DATA_DIR"):
+        raise ConfigError(
+            "FLOWAGG_REDIS_URL and FLOWAGG_DATA_DIR are both set: pick the Redis store or the"
+            " durable single-node store, not both"
+        )
     return values
+
+
+def for_log(values: Mapping[str, Any]) -> dict:
+    """The settings as start-up logs them: a password in FLOWAGG_REDIS_URL is masked."""
+    shown = dict(values)
+    url = shown.get("FLOWAGG_REDIS_URL")
+    if url:
+        parts = urlsplit(url)
+        if parts.password is not None:
+            user = parts.username or ""
+            host = parts.netloc.rpartition("@")[2]
+            shown["FLOWAGG_REDIS_URL"] = parts._replace(netloc=f"{user}:***@{host}").geturl()
+    return shown
 
 
 def _parse(setting: Setting, raw: Any) -> Any:

@@ -101,6 +101,14 @@ class Metrics:
             registry=r,
         )
 
+        self._redis: RedisMetrics | None = None
+
+    def redis(self) -> RedisMetrics:
+        """The Redis store's metrics, registered on first use (other stores export none)."""
+        if self._redis is None:
+            self._redis = RedisMetrics(self.registry)
+        return self._redis
+
     def observe_drain(self, flows: int, seconds: float) -> None:
         self.drain_batch.observe(flows)
         self.drain_seconds.observe(seconds)
@@ -117,6 +125,41 @@ class Metrics:
                 lambda: log.dropped,
             )
         )
+
+
+class RedisMetrics:
+    """Group commits to Redis and the errors Redis answered, by kind (bounded: see client.py)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.commit_seconds = Histogram(
+            "flowagg_redis_commit_duration_seconds",
+            "Time of one group commit to Redis: sums, function calls, replies",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=registry,
+        )
+        self.commit_flows = Histogram(
+            "flowagg_redis_commit_flows",
+            "Flows per group commit to Redis (its _count is the number of commits)",
+            buckets=(1, 10, 100, 1_000, 10_000, 100_000, 1_000_000),
+            registry=registry,
+        )
+        self.commits_failed = Counter(
+            "flowagg_redis_commits_failed",
+            "Group commits to Redis that did not commit every flow they held",
+            registry=registry,
+        )
+        self.errors = Counter(
+            "flowagg_redis_errors", "Errors talking to Redis, by kind", ["kind"], registry=registry
+        )
+
+    def observe_commit(self, flows: int, seconds: float, committed: bool) -> None:
+        self.commit_flows.observe(flows)
+        self.commit_seconds.observe(seconds)
+        if not committed:
+            self.commits_failed.inc()
+
+    def count_error(self, kind: str) -> None:
+        self.errors.labels(kind).inc()
 
 
 class Dropping(Protocol):

@@ -51,8 +51,16 @@ def waitress_flags() -> list[str]:
 class Server:
     """One waitress-serve process on 127.0.0.1 with a free port; stopped by ``stop()``."""
 
-    def __init__(self, name: str, threads: int, log_path: Path, cwd: Path = ROOT) -> None:
+    def __init__(
+        self,
+        name: str,
+        threads: int,
+        log_path: Path,
+        cwd: Path = ROOT,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
+        self.env = env  # FLOWAGG_* settings on top of this process's environment
         self.threads = threads
         self.log_path = log_path
         self.cwd = cwd  # the tree whose flowagg and wsgi.py are served (see --compare)
@@ -72,8 +80,9 @@ class Server:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             target = TARGETS.get(self.name, TARGETS["service"])
+            env = {**os.environ, **self.env} if self.env else None
             self.proc = subprocess.Popen(
-                cmd + target, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT
+                cmd + target, cwd=self.cwd, env=env, stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + START_TIMEOUT
         while True:

@@ -28,6 +28,9 @@ def test_defaults():
         "FLOWAGG_FSYNC_INTERVAL_MS": 1000,
         "FLOWAGG_SNAPSHOT_BYTES": 64 * 1024 * 1024,
         "FLOWAGG_IDEMPOTENCY_TTL_S": 86_400,
+        "FLOWAGG_REDIS_URL": None,
+        "FLOWAGG_REDIS_BUCKETS": 16,
+        "FLOWAGG_REDIS_TIMEOUT_MS": 2_000,
     }
 
 

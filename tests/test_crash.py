@@ -151,23 +151,7 @@ def test_sigkill_loses_no_acknowledged_request_and_splits_none(tmp_path):
             retry_in_flight(server, ledger)
             check(server, ledger)
             ledger.acked_this_round = 0
-            stop = threading.Event()
-            writers = [
-                threading.Thread(target=write, args=(server, ledger, f"r{round_no}w{w}", stop))
-                for w in range(WRITERS)
-            ]
-            for t in writers:
-                t.start()
-            try:
-                ledger.wait_acked(rng.randrange(30, 400), WAIT_TIMEOUT * 3)
-                server.proc.send_signal(signal.SIGKILL)
-                assert server.proc.wait(WAIT_TIMEOUT) == -signal.SIGKILL
-            finally:
-                stop.set()
-                for t in writers:
-                    t.join(WAIT_TIMEOUT)
-            assert not any(t.is_alive() for t in writers)
-            assert ledger.errors == []
+            kill_under_load(server, ledger, f"r{round_no}", WRITERS, rng.randrange(30, 400))
         finally:
             server.kill()
     server = start(tmp_path, "always")
@@ -179,6 +163,30 @@ def test_sigkill_loses_no_acknowledged_request_and_splits_none(tmp_path):
         assert server.stop(signal.SIGTERM) == 0, server.stderr
     assert ledger.acked == set(ledger.sent)
     assert len(ledger.sent) > 100
+
+
+def kill_under_load(
+    server: ServerProcess, ledger: Ledger, name: str, writers: int, acked: int
+) -> None:
+    """Run ``writers`` writers against ``server`` until ``acked`` more requests are acknowledged,
+    then SIGKILL it and stop the writers; fail if any writer failed other than by the kill."""
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=write, args=(server, ledger, f"{name}w{w}", stop))
+        for w in range(writers)
+    ]
+    for t in threads:
+        t.start()
+    try:
+        ledger.wait_acked(acked, WAIT_TIMEOUT * 3)
+        server.proc.send_signal(signal.SIGKILL)
+        assert server.proc.wait(WAIT_TIMEOUT) == -signal.SIGKILL
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(WAIT_TIMEOUT)
+    assert not any(t.is_alive() for t in threads)
+    assert ledger.errors == []
 
 
 def retry_in_flight(server: ServerProcess, ledger: Ledger) -> None:

@@ -31,6 +31,17 @@ class Unavailable(Exception):
     """The store cannot take writes (its log failed); answered 503 with the reason."""
 
 
+class Unreachable(Exception):
+    """The store's backend did not answer (an outage, a timeout, a failover); answered 503 with
+    Retry-After. ``applied`` says what a write may have left behind: ``"nothing"``, ``"partly"``
+    (some of its flows are stored, the rest certainly not), ``"maybe"`` (some or all may be
+    stored); None for a read."""
+
+    def __init__(self, message: str, applied: str | None = None) -> None:
+        super().__init__(message)
+        self.applied = applied
+
+
 class ReadTimeout(Exception):
     """The partition did not apply earlier writes in time; the read was not answered."""
 
@@ -187,9 +198,10 @@ class FlowStore(Protocol):
 
         Raises ``Overloaded`` if there was no room within ``timeout``, ``Expired`` for an hour
         outside the retention window, ``Closed`` after close, ``Unavailable`` if it cannot be
-        stored. Returns the number accepted. A store that keeps idempotency keys applies a
-        batch whose key it has seen at most once and returns the original size again (and
-        raises ``KeyReused`` for a key seen with other flows).
+        stored, ``Unreachable`` if a remote backend did not commit it. Returns the number
+        accepted. A store that keeps idempotency keys applies a batch whose key it has seen at
+        most once and returns the original size again (and raises ``KeyReused`` for a key seen
+        with other flows).
         """
 
     def read_hour(self, hour: int, timeout: float | None = None) -> list[Row]:

@@ -25,6 +25,7 @@ from flowagg.store.base import (
     Closed,
     HoursHeld,
     Overloaded,
+    PartitionStats,
     Query,
     QueryTooLarge,
     Row,
@@ -290,19 +291,24 @@ class PartitionedStore:
         return StoreStats([p.stats() for p in self.partitions], dropped, keys_limit=limit)
 
     def health(self, high_watermark: float) -> list[str]:
-        problems = []
-        for p in self.stats().partitions:
-            if not p.drainer_alive:
-                problems.append(f"drainer: partition {p.index} drainer is not running")
-            if p.depth > high_watermark * p.capacity:
-                problems.append(
-                    f"buffer: partition {p.index} holds {p.depth} of {p.capacity} flows"
-                    f" (above {high_watermark:.0%})"
-                )
-        return problems
+        return partition_problems(self.stats().partitions, high_watermark)
 
     def close(self, timeout: float | None = None) -> bool:
         deadline = deadline_after(timeout)
         for partition in self.partitions:
             partition.buffer.close()  # refuse new flows everywhere before waiting on any drainer
         return all([p.close(remaining(deadline)) for p in self.partitions])
+
+
+def partition_problems(partitions: Sequence[PartitionStats], high_watermark: float) -> list[str]:
+    """Failed readiness checks of partitions: a drainer not running, a buffer above the mark."""
+    problems = []
+    for p in partitions:
+        if not p.drainer_alive:
+            problems.append(f"drainer: partition {p.index} drainer is not running")
+        if p.depth > high_watermark * p.capacity:
+            problems.append(
+                f"buffer: partition {p.index} holds {p.depth} of {p.capacity} flows"
+                f" (above {high_watermark:.0%})"
+            )
+    return problems

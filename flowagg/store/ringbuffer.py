@@ -176,9 +176,7 @@ class RingBuffer(Generic[T]):
         # Caller holds the mutex and has found items pending.
         self._lingering = True
         try:
-            while not (
-                self._kicked or self._closed or self._room_waiters or self._half_full()
-            ):
+            while not (self._kicked or self._closed or self._room_waiters or self._half_full()):
                 left = remaining(deadline)
                 if left == 0.0:
                     return

@@ -22,6 +22,7 @@ from flowagg.store.base import (
     QueryTooLarge,
     ReadTimeout,
     Unavailable,
+    Unreachable,
 )
 from flowagg.web.context import get_metrics
 
@@ -124,6 +125,26 @@ def on_unavailable(exc: Unavailable) -> Response:
     # Logged once where the log failed; every POST after that is refused the same way.
     _reject("unavailable")
     return error(503, f"cannot store the request: {exc}")
+
+
+# What a POST refused by an unreachable backend may have left behind, in the client's words.
+_APPLIED = {
+    "nothing": "nothing was applied, retry later",
+    "partly": "part of the request was applied: retry it with the same Idempotency-Key,"
+    " which applies only the rest (without a key, a retry counts that part twice)",
+    "maybe": "some or all of the request may have been applied: retry it with the same"
+    " Idempotency-Key, which applies only what is missing (without a key, a retry may count"
+    " flows twice)",
+}
+
+
+@bp.app_errorhandler(Unreachable)
+def on_unreachable(exc: Unreachable) -> Response:
+    _reject("unavailable")
+    log.warning("backend unreachable: %s", exc)
+    if exc.applied is None:
+        return error(503, f"{exc}; retry later", retry_after=True)
+    return error(503, f"{exc}; {_APPLIED[exc.applied]}", retry_after=True)
 
 
 @bp.app_errorhandler(Exception)

@@ -1,0 +1,323 @@
+"""The Redis store in this process against a real 3-primary Redis Cluster (tests/redis_cluster.py).
+
+Two stores on the same cluster stand for two instances: what one commits, the other reads.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from itertools import pairwise
+
+import pytest
+
+from flowagg.metrics import Metrics
+from flowagg.schema import Flow
+from flowagg.store.base import (
+    Expired,
+    HoursHeld,
+    KeyReused,
+    NameTooLong,
+    Query,
+    QueryTooLarge,
+    ReadTimeout,
+    Unreachable,
+)
+from flowagg.store.memory import PartitionedStore
+from flowagg.store.redis import layout
+from flowagg.store.redis.store import RedisStore
+from tests.conftest import WAIT_TIMEOUT
+
+INT64_MAX = 2**63 - 1
+
+
+@pytest.fixture
+def make_store(cluster):
+    stores = []
+
+    def make(**options) -> RedisStore:
+        options = {"partitions": 3, "buffer_capacity": 4096, "timeout_s": 1.0, **options}
+        store = RedisStore(cluster.url, **options)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        assert store.close(WAIT_TIMEOUT)
+
+
+def test_counters_beyond_2_64_are_exact_in_one_commit_and_across_commits(make_store, cluster):
+    a, b = make_store(), make_store()
+    # One request summing past 2**64 (sent split into low part and carry) ...
+    assert a.ingest([Flow("big", "d", "v", INT64_MAX, INT64_MAX, 1)] * 5, WAIT_TIMEOUT) == 5
+    # ... and requests each below 2**63 whose total is not (the low part overflows in Redis).
+    for _ in range(3):
+        assert b.ingest([Flow("big", "d", "v", INT64_MAX, 1, 1)], WAIT_TIMEOUT) == 1
+    total_tx, total_rx = 8 * INT64_MAX, 5 * INT64_MAX + 3
+    assert total_tx > 2**65
+    for store in (a, b):
+        assert store.read_hour(1, WAIT_TIMEOUT) == [("big", "d", "v", total_tx, total_rx)]
+    assert b.read_hour_json(1, WAIT_TIMEOUT) == (
+        b'[{"src_app":"big","dest_app":"d","vpc_id":"v",'
+        b'"bytes_tx":%d,"bytes_rx":%d,"hour":1}]' % (total_tx, total_rx)
+    )
+    # Stored as a low part below 2**63 and a carry, both plain Redis integers.
+    encoded = layout.encode_names("big", "d", "v").encode()
+    key = layout.bucket_key(1, layout.bucket_of(encoded.decode(), 16), 16)
+    fields = cluster.primary_of(key).client().hgetall(key)
+    low, carry = int(fields[b"t" + encoded]), int(fields[b"T" + encoded])
+    assert 0 <= low < 2**63 and carry * 2**63 + low == total_tx
+
+
+NAMES = ["a:b", "a", "b:c", "b", "|", ",", "\x00", "\n", "{x}", "}", "1:", "3:a:b", "é", " "]
+
+
+def test_names_with_any_separator_are_keys_of_their_own(make_store):
+    a, b = make_store(), make_store()
+    flows = [Flow(src, dest, "v", 1, i, 2) for i, (src, dest) in enumerate(pairwise(NAMES))]
+    flows += [Flow("a", "b:c", "w", 10, 10, 2), Flow("a:b", "c", "w", 20, 20, 2)]
+    assert a.ingest(flows, WAIT_TIMEOUT) == len(flows)
+    expected = sorted((f.src_app, f.dest_app, f.vpc_id, f.bytes_tx, f.bytes_rx) for f in flows)
+    assert b.read_hour(2, WAIT_TIMEOUT) == expected  # sorted by names, on every instance
+    assert len(expected) == len(flows)
+
+
+def test_rows_are_sorted_by_names_whatever_the_arrival_order(make_store):
+    a, b = make_store(), make_store()
+    names = [f"k{i:03d}" for i in range(200)]
+    random.Random(7).shuffle(names)
+    for i in range(0, 200, 50):
+        (a if i % 100 else b).ingest([Flow(n, "d", "v", 1, 1, 3) for n in names[i : i + 50]], 5)
+    rows = a.read_hour(3, WAIT_TIMEOUT)
+    assert [r[0] for r in rows] == sorted(names) and rows == b.read_hour(3, WAIT_TIMEOUT)
+
+
+def test_a_retry_to_another_instance_is_answered_and_counted_once(make_store):
+    a, b = make_store(), make_store()
+    flows = [Flow(f"s{i}", "d", "v", i, 1, 4 + i % 3) for i in range(60)]
+    assert a.ingest(flows, WAIT_TIMEOUT, "req-1") == 60
+    assert b.ingest(flows, WAIT_TIMEOUT, "req-1") == 60
+    assert a.ingest(flows, WAIT_TIMEOUT, "req-1") == 60
+    rows = [r for hour in (4, 5, 6) for r in b.read_hour(hour, WAIT_TIMEOUT)]
+    assert sorted(r[3] for r in rows) == list(range(60)) and {r[4] for r in rows} == {1}
+    with pytest.raises(KeyReused, match="'req-1' was already used for a request with other flows"):
+        b.ingest(flows[:1], WAIT_TIMEOUT, "req-1")
+
+
+def test_the_same_key_on_two_instances_at_once_is_applied_once(make_store):
+    stores = [make_store(), make_store()]
+    flows = [Flow(f"s{i}", "d", "v", 1, 1, 7) for i in range(100)]
+    barrier = threading.Barrier(2)
+    answers = []
+
+    def send(store):
+        barrier.wait(WAIT_TIMEOUT)
+        answers.append(store.ingest(flows, WAIT_TIMEOUT, "twice"))
+
+    threads = [threading.Thread(target=send, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT_TIMEOUT)
+    assert answers == [100, 100]
+    assert stores[0].read_hour(7, WAIT_TIMEOUT) == sorted(
+        (f"s{i}", "d", "v", 1, 1) for i in range(100)
+    )
+
+
+def key_not_on(cluster, node, prefix: str) -> str:
+    """An Idempotency-Key whose request key does not live on ``node``."""
+    for i in range(1000):
+        key = f"{prefix}-{i}"
+        if cluster.primary_of(layout.request_key(key)) is not node:
+            return key
+    raise AssertionError("no key found")
+
+
+def test_a_request_applied_in_part_is_completed_by_its_retry_once(make_store, cluster):
+    """A primary is killed: the keyed request commits on the others only (503, "partly"); its
+    retry through another instance, once the primary is back, applies exactly the rest."""
+    a, b = make_store(timeout_s=0.3), make_store()
+    # Not the primary of the hours set (a commit notes its hours there first) nor of the key.
+    victim = next(n for n in cluster.nodes if n is not cluster.primary_of(layout.HOURS_KEY))
+    key = key_not_on(cluster, victim, "partial")
+    flows = [Flow(f"s{i}", "d", "v", i, 2 * i, 9) for i in range(300)]  # every bucket
+    victim.kill()
+    with pytest.raises(Unreachable) as failed:
+        a.ingest(flows, WAIT_TIMEOUT, key)
+    assert failed.value.applied == "partly", failed.value
+    assert "Redis did not commit" in str(failed.value)
+    with pytest.raises(Unreachable, match="cannot read hour 9 from Redis"):
+        a.read_hour(9, WAIT_TIMEOUT)  # never a partial answer
+    assert any(victim.address in problem for problem in a.health(0.9))
+    victim.start()
+    cluster.wait_ok()
+    assert b.ingest(flows, WAIT_TIMEOUT, key) == 300
+    assert a.ingest(flows, WAIT_TIMEOUT, key) == 300  # and a is back by itself
+    expected = sorted((f"s{i}", "d", "v", i, 2 * i) for i in range(300))
+    assert a.read_hour(9, WAIT_TIMEOUT) == expected
+    assert a.health(0.9) == []
+
+
+def test_a_request_without_key_that_failed_says_so_and_nothing_is_answered_200(make_store, cluster):
+    store = make_store(timeout_s=0.3)
+    victim = cluster.primary_of(layout.HOURS_KEY)  # every commit notes its hours there first
+    victim.kill()
+    with pytest.raises(Unreachable) as failed:
+        store.ingest([Flow("s", "d", "v", 1, 1, 11)], WAIT_TIMEOUT)
+    assert failed.value.applied == "nothing"
+    victim.start()
+    cluster.wait_ok()
+    assert store.ingest([Flow("s", "d", "v", 1, 1, 11)], WAIT_TIMEOUT) == 1
+    assert store.read_hour(11, WAIT_TIMEOUT) == [("s", "d", "v", 1, 1)]
+
+
+def test_functions_are_loaded_again_on_a_primary_that_lost_them(make_store, cluster):
+    metrics = Metrics()
+    store = make_store(metrics=metrics)
+    for node in cluster.nodes:
+        node.client().function_flush()
+    assert store.ingest([Flow(f"s{i}", "d", "v", 1, 1, 12) for i in range(50)], WAIT_TIMEOUT) == 50
+    assert len(store.read_hour(12, WAIT_TIMEOUT)) == 50
+    # One error per call that met a primary without them (the note and the buckets' calls).
+    missing = {"kind": "function_missing"}
+    assert metrics.registry.get_sample_value("flowagg_redis_errors_total", missing) >= 3
+    assert metrics.registry.get_sample_value("flowagg_redis_commit_flows_count") >= 1
+    assert metrics.registry.get_sample_value("flowagg_redis_commit_flows_sum") == 50
+    for node in cluster.nodes:
+        [library] = node.client().function_list()  # RESP2: [name, value, ...] per library
+        assert library[library.index(b"library_name") + 1] == b"flowagg_v1"
+
+
+def test_retention_follows_the_clock_on_every_instance(make_store, cluster):
+    now = [5 * 3600.0]  # hour 5 since the epoch
+
+    def clock() -> float:
+        return now[0]
+
+    a = make_store(retention_hours=2, clock=clock)
+    b = make_store(retention_hours=2, clock=clock)
+    assert a.ingest([Flow("s", "d", "v", 1, 1, 5)], WAIT_TIMEOUT) == 1
+    assert b.ingest([Flow("k", "d", "v", 1, 1, 5)], WAIT_TIMEOUT, "late") == 1
+    now[0] = 10 * 3600.0  # hour 10: the window is [8, 11]
+    assert b.read_hour(5, WAIT_TIMEOUT) == []  # out of the window before any bucket is deleted
+    assert a.ingest([Flow("s", "d", "v", 1, 1, 10)], WAIT_TIMEOUT) == 1  # a's step expires 5
+    keys = [layout.bucket_key(5, bucket, 16) for bucket in range(16)]
+    assert not any(cluster.primary_of(k).client().exists(k) for k in keys)
+    for hour in (7, 12):
+        with pytest.raises(
+            Expired, match=rf"\$\[0\]\.hour: hour {hour} is outside the window \[8, 11\]"
+        ):
+            b.ingest([Flow("s", "d", "v", 1, 1, hour)], WAIT_TIMEOUT)
+    # A retry of a keyed request is answered as the first time, also once its hour expired.
+    assert b.ingest([Flow("k", "d", "v", 1, 1, 5)], WAIT_TIMEOUT, "late") == 1
+    assert b.read_hour(5, WAIT_TIMEOUT) == []
+    assert b.hours_held(WAIT_TIMEOUT) == HoursHeld(1, 10, 10)
+    assert a.stats().hours_dropped == 1 and b.stats().hours_dropped == 0
+
+
+def test_a_name_over_the_limit_is_refused_whole(make_store):
+    store = make_store(max_name_bytes=4)
+    flows = [Flow("abcd", "d", "v", 1, 1, 13), Flow("s", "é" * 3, "v", 1, 1, 13)]
+    with pytest.raises(
+        NameTooLong, match=r"\$\[1\]\.dest_app: longer than FLOWAGG_MAX_NAME_BYTES=4"
+    ):
+        store.ingest(flows, WAIT_TIMEOUT)
+    assert store.read_hour(13, WAIT_TIMEOUT) == []
+
+
+def test_range_queries_answer_as_the_embedded_store(make_store):
+    redis_store, memory = make_store(), PartitionedStore(partitions=3)
+    rng = random.Random(3)
+    try:
+        for _ in range(5):
+            flows = [
+                Flow(
+                    rng.choice("abcde"),
+                    rng.choice("xyz"),
+                    rng.choice(["v1", "v2"]),
+                    rng.randrange(10**12),
+                    rng.randrange(10**6),
+                    rng.randrange(20, 26),
+                )
+                for _ in range(300)
+            ]
+            redis_store.ingest(flows, WAIT_TIMEOUT)
+            memory.ingest(flows, WAIT_TIMEOUT)
+        queries = [
+            Query(20, 25),
+            Query(21, 23, by=("src_app",), order="bytes_rx", limit=2),
+            Query(20, 30, by=("dest_app", "vpc_id"), filters=(("a", "b"), None, ("v2",))),
+        ]
+        for q in queries:
+            assert redis_store.top(q, WAIT_TIMEOUT) == memory.top(q, WAIT_TIMEOUT)
+            assert redis_store.series(q, WAIT_TIMEOUT) == memory.series(q, WAIT_TIMEOUT)
+        assert redis_store.hours_held(WAIT_TIMEOUT) == memory.hours_held(WAIT_TIMEOUT)
+    finally:
+        assert memory.close(WAIT_TIMEOUT)
+
+
+def test_a_query_over_too_many_key_hours_is_refused_before_scanning(make_store):
+    store = make_store(max_query_rows=100)
+    store.ingest([Flow(f"s{i}", "d", "v", 1, 1, 30 + i % 2) for i in range(120)], WAIT_TIMEOUT)
+    assert store.top(Query(30, 30), WAIT_TIMEOUT).total.groups == 60
+    with pytest.raises(QueryTooLarge, match="would scan 120 key-hours"):
+        store.top(Query(30, 31), WAIT_TIMEOUT)
+
+
+def test_a_later_step_answers_its_posts_but_reads_wait_for_every_earlier_step(make_store):
+    """Two drainers of a partition commit at once. The second step's POST is answered as soon as
+    it is committed; a read still waits until the first, held in its commit, is done too."""
+    store = make_store(start=False)
+    partition = store.partition_for(40)
+    committer = partition._committer
+    entered, release = threading.Event(), threading.Event()
+    original = committer.commit
+
+    def held_commit(batch, tickets, first_seq):
+        if not entered.is_set():  # the first step waits here, with its flows taken
+            entered.set()
+            assert release.wait(WAIT_TIMEOUT)
+        return original(batch, tickets, first_seq)
+
+    committer.commit = held_commit
+    answers: dict[str, int] = {}
+
+    def post(name: str) -> None:
+        answers[name] = store.ingest([Flow(name, "d", "v", 1, 1, 40)], WAIT_TIMEOUT)
+
+    first = threading.Thread(target=post, args=("first",))
+    second = threading.Thread(target=post, args=("second",))
+    partition.start(drainers=2)
+    try:
+        first.start()
+        assert entered.wait(WAIT_TIMEOUT)
+        second.start()
+        second.join(WAIT_TIMEOUT)
+        assert answers == {"second": 1}  # committed and answered while the first is held
+        with pytest.raises(ReadTimeout):
+            store.read_hour(40, 0.2)  # the first step's flow may not be in Redis yet
+    finally:
+        release.set()
+        first.join(WAIT_TIMEOUT)
+    assert answers == {"first": 1, "second": 1}
+    assert store.read_hour(40, WAIT_TIMEOUT) == [
+        ("first", "d", "v", 1, 1),
+        ("second", "d", "v", 1, 1),
+    ]
+
+
+def test_one_node_without_cluster_mode_serves_every_key(redis_node):
+    redis_node.client().flushall()
+    a = RedisStore(f"redis://{redis_node.address}", partitions=2, timeout_s=1.0)
+    b = RedisStore(f"redis://{redis_node.address}", partitions=3, timeout_s=1.0)
+    try:
+        assert not a.client.topology().cluster
+        flows = [Flow(f"s{i}", "d", "v", INT64_MAX, i, 50 + i % 3) for i in range(90)]
+        assert a.ingest(flows, WAIT_TIMEOUT, "single") == 90
+        assert b.ingest(flows, WAIT_TIMEOUT, "single") == 90
+        rows = [r for hour in (50, 51, 52) for r in b.read_hour(hour, WAIT_TIMEOUT)]
+        assert sorted(rows) == sorted((f"s{i}", "d", "v", INT64_MAX, i) for i in range(90))
+        assert a.health(0.9) == []
+    finally:
+        assert a.close(WAIT_TIMEOUT) and b.close(WAIT_TIMEOUT)

@@ -94,7 +94,8 @@ check-native: $(NATIVE)
 	cd $(SANITIZED) && ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
 		LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 		$(abspath $(BIN))/python -m pytest -q -p no:cacheprovider \
-		tests/test_table.py tests/test_partition.py tests/test_api.py tests/test_concurrency.py
+		tests/test_table.py tests/test_query.py tests/test_partition.py tests/test_api.py \
+		tests/test_concurrency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build flowagg/store/table.*.so

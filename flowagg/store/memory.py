@@ -36,7 +36,7 @@ from flowagg.store.base import (
 from flowagg.store.limits import KeyBudget, Window, check_names
 from flowagg.store.partition import DrainObserver, Partition
 from flowagg.store.ringbuffer import Closed as BufferClosed
-from flowagg.store.ringbuffer import Full, deadline_after, remaining
+from flowagg.store.ringbuffer import Full, deadline_after, remaining, reserve_all
 
 log = logging.getLogger("flowagg.store")
 
@@ -175,24 +175,16 @@ class PartitionedStore:
 
         Raises ``Closed`` once the store is closed.
         """
-        deadline = deadline_after(timeout)
-        held: list[int] = []
+        buffers = [p.buffer for p in self.partitions]
         try:
-            # In ascending partition order: two requests then never hold room the other is
-            # waiting for (a circular wait that only the timeout would end).
-            for index in sorted(parts):
-                self.partitions[index].buffer.reserve(len(parts[index]), remaining(deadline))
-                held.append(index)
-        except BaseException as exc:
-            self.cancel({i: parts[i] for i in held})
-            if isinstance(exc, Full):
-                raise Overloaded(
-                    f"partition {index} had no room for {len(parts[index])} flows"
-                    f" within {timeout} s"
-                ) from None
-            if isinstance(exc, BufferClosed):
-                raise Closed(str(exc)) from None
-            raise
+            reserve_all(buffers, {index: len(part) for index, part in parts.items()}, timeout)
+        except Full as exc:
+            raise Overloaded(
+                f"partition {exc.index} had no room for {len(parts[exc.index])} flows"
+                f" within {timeout} s"
+            ) from None
+        except BufferClosed as exc:
+            raise Closed(str(exc)) from None
 
     def put_reserved(self, parts: dict[int, list[Flow]]) -> dict[int, int]:
         """Put every part in the room ``reserve`` held for it; never blocks. Returns, per

@@ -32,6 +32,8 @@ T = TypeVar("T")
 class Full(Exception):
     """No room appeared within the timeout."""
 
+    index: int | None = None  # which buffer, when reserve_all raised it
+
 
 class Closed(Exception):
     """The buffer was closed: it accepts nothing more."""
@@ -51,6 +53,31 @@ def remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     return max(0.0, deadline - time.monotonic())
+
+
+def reserve_all(
+    buffers: Sequence[RingBuffer], sizes: dict[int, int], timeout: float | None
+) -> None:
+    """Reserve ``sizes[i]`` items of room in ``buffers[i]`` for every i, or none at all.
+
+    In ascending index order, so that two callers never hold room the other waits for (a
+    circular wait only the timeout would end). On ``Full`` (no room within ``timeout``, the
+    exception naming the buffer's index in ``index``) or ``Closed``, what was held is given back.
+    """
+    deadline = deadline_after(timeout)
+    held: list[int] = []
+    try:
+        for index in sorted(sizes):
+            try:
+                buffers[index].reserve(sizes[index], remaining(deadline))
+            except Full as exc:
+                exc.index = index
+                raise
+            held.append(index)
+    except BaseException:
+        for index in held:
+            buffers[index].cancel(sizes[index])
+        raise
 
 
 class RingBuffer(Generic[T]):

@@ -388,6 +388,46 @@ batch_merge(HourTables *self, Batch *b)
     return 0;
 }
 
+/* Read every record of `records` (flow records, or with `rows_of_hour` set, snapshot rows of
+ * that hour) into b->items; items of hours below `cutoff` are marked SKIPPED. 0, or -1 with an
+ * exception set (the items read so far hold references: batch_free releases them). */
+static int
+batch_read(Batch *b, PyObject *records, uint64_t cutoff, const uint64_t *rows_of_hour)
+{
+    PyObject *seq = PySequence_Fast(records, "flows must be a sequence");
+    if (seq == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    int status = 0;
+    b->items = PyMem_RawMalloc((n > 0 ? n : 1) * sizeof(Item));
+    if (b->items == NULL) {
+        PyErr_NoMemory();
+        status = -1;
+    }
+    PyObject **objects = PySequence_Fast_ITEMS(seq);
+    Layout layout = {0};
+    for (Py_ssize_t i = 0; status == 0 && i < n; i++) {
+        Item *item = &b->items[i];
+        item_init(item);
+        b->n = i + 1; /* the item may hold references even if reading it fails */
+        if (rows_of_hour != NULL) {
+            status = read_row(objects[i], *rows_of_hour, item);
+        }
+        else {
+            status = read_flow(objects[i], &layout, item);
+        }
+        if (status == 0 && item->hour < cutoff) {
+            item->group = SKIPPED;
+        }
+        else if (status == 0) {
+            b->applied++;
+        }
+    }
+    Py_DECREF(seq); /* the items keep their own references to what they point into */
+    return status;
+}
+
 PyDoc_STRVAR(merge_doc,
 "merge(flows, cutoff=0) -> (applied, new_keys)\n\n"
 "Add a list of flow records (objects with src_app, dest_app, vpc_id, bytes_tx, bytes_rx and\n"
@@ -410,40 +450,12 @@ HourTables_merge(HourTables *self, PyObject *args, PyObject *kwargs)
     if (check_idle(self, 1) < 0) {
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(flows, "flows must be a sequence");
-    if (seq == NULL) {
-        return NULL;
-    }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     Batch b = {0};
     PyObject *result = NULL;
-    b.items = PyMem_RawMalloc((n > 0 ? n : 1) * sizeof(Item));
-    if (b.items == NULL) {
-        PyErr_NoMemory();
-        goto done;
+    if (batch_read(&b, flows, cutoff, NULL) == 0 && batch_merge(self, &b) == 0) {
+        result = Py_BuildValue("KK", (unsigned long long)b.applied, (unsigned long long)b.new_keys);
     }
-    PyObject **objects = PySequence_Fast_ITEMS(seq);
-    Layout layout = {0};
-    for (Py_ssize_t i = 0; i < n; i++) {
-        item_init(&b.items[i]);
-        b.n = i + 1; /* the item may hold references even if reading it fails */
-        if (read_flow(objects[i], &layout, &b.items[i]) < 0) {
-            goto done;
-        }
-        if (b.items[i].hour < cutoff) {
-            b.items[i].group = SKIPPED;
-        }
-        else {
-            b.applied++;
-        }
-    }
-    if (batch_merge(self, &b) < 0) {
-        goto done;
-    }
-    result = Py_BuildValue("KK", (unsigned long long)b.applied, (unsigned long long)b.new_keys);
-done:
     batch_free(&b);
-    Py_DECREF(seq);
     return result;
 }
 
@@ -508,35 +520,13 @@ HourTables_count_new(HourTables *self, PyObject *flows)
     if (check_idle(self, 0) < 0) {
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(flows, "flows must be a sequence");
-    if (seq == NULL) {
-        return NULL;
-    }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     Batch b = {0};
     PyObject *result = NULL;
-    b.items = PyMem_RawMalloc((n > 0 ? n : 1) * sizeof(Item));
-    if (b.items == NULL) {
-        PyErr_NoMemory();
-        goto done;
+    if (batch_read(&b, flows, 0, NULL) == 0 && batch_group(&b) == 0) {
+        uint64_t count = batch_count_new(self, &b);
+        result = count == UINT64_MAX ? PyErr_NoMemory() : PyLong_FromUnsignedLongLong(count);
     }
-    PyObject **objects = PySequence_Fast_ITEMS(seq);
-    Layout layout = {0};
-    for (Py_ssize_t i = 0; i < n; i++) {
-        item_init(&b.items[i]);
-        b.n = i + 1;
-        if (read_flow(objects[i], &layout, &b.items[i]) < 0) {
-            goto done;
-        }
-    }
-    if (batch_group(&b) < 0) {
-        goto done;
-    }
-    uint64_t count = batch_count_new(self, &b);
-    result = count == UINT64_MAX ? PyErr_NoMemory() : PyLong_FromUnsignedLongLong(count);
-done:
     batch_free(&b);
-    Py_DECREF(seq);
     return result;
 }
 
@@ -553,39 +543,15 @@ HourTables_merge_rows(HourTables *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OO:merge_rows", &hour_arg, &rows)) {
         return NULL;
     }
-    if (as_u64(hour_arg, "hour", &hour) < 0) {
+    if (as_u64(hour_arg, "hour", &hour) < 0 || check_idle(self, 1) < 0) {
         return NULL;
     }
-    if (check_idle(self, 1) < 0) {
-        return NULL;
-    }
-    PyObject *seq = PySequence_Fast(rows, "rows must be a sequence");
-    if (seq == NULL) {
-        return NULL;
-    }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     Batch b = {0};
     PyObject *result = NULL;
-    b.items = PyMem_RawMalloc((n > 0 ? n : 1) * sizeof(Item));
-    if (b.items == NULL) {
-        PyErr_NoMemory();
-        goto done;
+    if (batch_read(&b, rows, 0, &hour) == 0 && batch_merge(self, &b) == 0) {
+        result = PyLong_FromUnsignedLongLong(b.new_keys);
     }
-    PyObject **objects = PySequence_Fast_ITEMS(seq);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        item_init(&b.items[i]);
-        b.n = i + 1;
-        if (read_row(objects[i], hour, &b.items[i]) < 0) {
-            goto done;
-        }
-    }
-    if (batch_merge(self, &b) < 0) {
-        goto done;
-    }
-    result = PyLong_FromUnsignedLongLong(b.new_keys);
-done:
     batch_free(&b);
-    Py_DECREF(seq);
     return result;
 }
 

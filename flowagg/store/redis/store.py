@@ -51,7 +51,7 @@ from flowagg.store.redis.commit import (
 )
 from flowagg.store.redis.retention import Retention
 from flowagg.store.ringbuffer import Closed as BufferClosed
-from flowagg.store.ringbuffer import Full, deadline_after, remaining
+from flowagg.store.ringbuffer import Full, deadline_after, remaining, reserve_all
 
 if TYPE_CHECKING:
     from flowagg.metrics import Metrics
@@ -175,21 +175,16 @@ class RedisStore:
         return True
 
     def _reserve(self, parts: dict[int, list[Flow]], timeout: float | None) -> None:
-        """Hold room for every part in its buffer, or none (in ascending partition order, so
-        two requests never wait on each other)."""
-        deadline = deadline_after(timeout)
-        held: list[int] = []
+        """Hold room for every part in its buffer, or none (ringbuffer.reserve_all)."""
+        buffers = [p.buffer for p in self.partitions]
         try:
-            for index in sorted(parts):
-                self.partitions[index].buffer.reserve(len(parts[index]), remaining(deadline))
-                held.append(index)
-        except (Full, BufferClosed) as exc:
-            for i in held:
-                self.partitions[i].buffer.cancel(len(parts[i]))
-            if isinstance(exc, BufferClosed):
-                raise Closed("store is closed") from None
+            reserve_all(buffers, {index: len(part) for index, part in parts.items()}, timeout)
+        except BufferClosed:
+            raise Closed("store is closed") from None
+        except Full as exc:
             raise Overloaded(
-                f"partition {index} had no room for {len(parts[index])} flows within {timeout} s"
+                f"partition {exc.index} had no room for {len(parts[exc.index])} flows"
+                f" within {timeout} s"
             ) from None
 
     # -- reads -----------------------------------------------------------------------------

@@ -26,8 +26,8 @@ median over rounds with their min-max, which is the noise of this machine. Raw f
 markdown table and every server's log go to ``loadtest/results/<timestamp>/``.
 
 ``--compare REV`` also runs the service as of git revision REV (server "before") in every round,
-so a change is measured against its predecessor in the same run; ``--profile`` samples the
-service with py-spy during round 1 of each scenario.
+so a change is measured against its predecessor in the same run; ``--profile`` samples every
+server with py-spy during round 1 of each scenario (profile-<server>-<scenario>.txt).
 
 This module holds the scenarios, the run and the command line; ``servers.py`` starts, stops and
 measures the servers, ``drivers.py`` sends the load and ``report.py`` makes the tables.
@@ -128,9 +128,10 @@ def run_scenario(
         if scenario == "mixed":
             warm.params.update(hour=MIXED_HOUR + 10_000 + round_no, run=f"w{round_no}")
         driver.run(server.url, warm, opts.warmup, connections)
-    profile = opts.profile and server.name == "service" and round_no == 1
+    profile = opts.profile and round_no == 1
     case = f"{scenario}@{connections}"
-    with PeakRSS(server) as peak, profiling(server, opts, case) if profile else nullcontext():
+    name = f"{server.name}-{case}"  # every server's profile: the service's beside its baselines
+    with PeakRSS(server) as peak, profiling(server, opts, name) if profile else nullcontext():
         raw = driver.run(server.url, load, opts.duration, connections)
     return summarise(raw, load, peak.peak, peak.cores)
 
@@ -256,7 +257,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="record the service with py-spy (pip install py-spy) in round 1 of each scenario",
+        help="record every server with py-spy (pip install py-spy) in round 1 of each scenario",
     )
     parser.add_argument(
         "--compare",

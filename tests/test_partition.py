@@ -144,7 +144,7 @@ def test_routing_by_hour_modulo_partitions():
     store = PartitionedStore(partitions=3, buffer_capacity=16, start=False)
     batch = [F(hour=h) for h in (0, 1, 2, 3, 4, 5, 7)]
     parts = store.split(batch)
-    assert {i: [f.hour for f in part] for i, part in parts.items()} == {
+    assert {i: [r[5] for r in part.records()] for i, part in parts.items()} == {
         0: [0, 3],
         1: [1, 4, 7],
         2: [2, 5],

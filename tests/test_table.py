@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flowagg.schema import Flow, encode
-from flowagg.store.table import HourTables, first_outside, hour_bounds, split
+from flowagg.store.table import HourTables, Pack, first_outside, hour_bounds, pack, split
 
 INT64_MAX = 2**63 - 1
 
@@ -376,6 +376,82 @@ def test_split_keeps_each_record_once():
     for index, part in parts.items():
         assert [f.bytes_tx for f in part] == sorted(f.bytes_tx for f in part)
         assert all(f.hour % 3 == index for f in part)
+
+
+# -- packs: a request split by partition and copied out of its records --------------------------
+
+
+def as_tuple(f: Flow) -> tuple:
+    return (f.src_app, f.dest_app, f.vpc_id, f.bytes_tx, f.bytes_rx, f.hour)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batch=flows(), n=st.integers(1, 12))
+def test_pack_splits_by_partition_and_copies_every_field(batch, n):
+    packs = pack(batch, n)
+    assert list(packs) == sorted(packs)
+    assert {i: p.records() for i, p in packs.items()} == {
+        i: [as_tuple(f) for f in batch if f.hour % n == i] for i in {f.hour % n for f in batch}
+    }
+    assert all(isinstance(p, Pack) and len(p) == len(p.records()) for p in packs.values())
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=st.lists(st.tuples(flows(), st.integers(0, 3)), max_size=6), n=st.integers(1, 4))
+def test_merging_packs_agrees_with_the_model(batches, n):
+    """What the drainer does: a request's packs, several requests at once, into one partition's
+    tables (here every partition's packs go to one table, which the model sums the same way)."""
+    tables, model = HourTables(), Model()
+    for batch, cutoff in batches:
+        packs = list(pack(batch, n).values())
+        expected = model.merge(batch, cutoff)
+        assert (tables.merge(packs, cutoff) if packs else (0, 0)) == expected
+        same(tables, model)
+
+
+def test_a_pack_counts_new_keys_as_its_flows_would():
+    tables = HourTables()
+    tables.merge([Flow("a", "b", "v", 1, 1, 1)])
+    batch = [Flow("a", "b", "v", 1, 1, 1), Flow("x", "b", "v", 1, 1, 1), Flow("x", "b", "v", 1, 1, 2)]
+    assert tables.count_new(list(pack(batch, 1).values())) == tables.count_new(batch) == 2
+
+
+def test_a_pack_spread_over_many_partitions_keeps_each_record_once():
+    batch = [Flow("a", "b", "v", i, 0, i) for i in range(1000)]  # 1,000 partitions: the map path
+    packs = pack(batch, 5000)
+    assert list(packs) == list(range(1000))
+    assert [r for p in packs.values() for r in p.records()] == [as_tuple(f) for f in batch]
+
+
+def test_a_pack_holds_no_reference_to_the_records():
+    batch = [Flow(f"s{i}", "d", "v", i, 0, i % 3) for i in range(100)]
+    before = [sys.getrefcount(f.src_app) for f in batch]
+    packs = pack(batch, 2)
+    assert [sys.getrefcount(f.src_app) for f in batch] == before
+    del batch
+    gc.collect()
+    assert sum(len(p) for p in packs.values()) == 100
+    assert packs[0].records()[0] == ("s0", "d", "v", 0, 0, 0)
+    assert packs[0].nbytes < 100 * 100  # items of 48 bytes plus the names' bytes
+
+
+def test_a_bad_record_anywhere_fails_the_whole_pack():
+    good = [Flow("a", "b", "v", 1, 1, 1)] * 10
+    with pytest.raises(TypeError, match="src_app must be a str"):
+        pack(good + [Flow(3, "b", "v", 1, 1, 1)] + good, 2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="n must be at least 1"):
+        pack(good, 0)
+    assert pack([], 4) == {}
+
+
+def test_a_batch_is_all_records_or_all_packs():
+    [part] = pack([Flow("a", "b", "v", 1, 1, 1)], 1).values()
+    tables = HourTables()
+    with pytest.raises(TypeError, match="all flow records or all Packs"):
+        tables.merge([part, Flow("a", "b", "v", 1, 1, 1)])
+    assert tables.keys == 0
+    with pytest.raises(TypeError):
+        Pack()
 
 
 def test_hour_bounds_and_first_outside():

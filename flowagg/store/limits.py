@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 
 from flowagg.schema import Flow
 from flowagg.store import table
@@ -115,7 +115,7 @@ class KeyBudget:
         self._queued_total = 0
 
     def admit(
-        self, parts: dict[int, list[Flow]], count: Callable[[], dict[int, int]]
+        self, parts: dict[int, Sized], count: Callable[[], dict[int, int]]
     ) -> dict[int, int]:
         """Estimates per partition for a request split as ``parts``, or raise ``KeyLimit``.
 

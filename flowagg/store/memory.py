@@ -87,10 +87,10 @@ class PartitionedStore:
     def partition_for(self, hour: int) -> Partition:
         return self.partitions[hour % len(self.partitions)]
 
-    def split(self, flows: Sequence[Flow]) -> dict[int, list[Flow]]:
-        """Group a batch by partition index, keeping each group in request order (in C, one
-        pass; a batch of one partition stays the list it came as)."""
-        return table.split(flows if isinstance(flows, list) else list(flows), len(self.partitions))
+    def split(self, flows: Sequence[Flow]) -> dict[int, table.Pack]:
+        """Group a batch by partition index into packs, each in request order (in C, one pass
+        that copies the flows out of their records: see partition.py)."""
+        return table.pack(flows if isinstance(flows, list) else list(flows), len(self.partitions))
 
     def ingest(
         self,
@@ -131,7 +131,7 @@ class PartitionedStore:
         return sum(p.keys_held for p in self.partitions)
 
     def admit_keys(
-        self, parts: dict[int, list[Flow]], timeout: float | None
+        self, parts: dict[int, table.Pack], timeout: float | None
     ) -> dict[int, int] | None:
         """Admit a request's new key-hours under FLOWAGG_MAX_KEYS, or raise ``KeyLimit``.
 
@@ -158,7 +158,7 @@ class PartitionedStore:
         if estimates is not None:
             self.keys.cancel(estimates)
 
-    def _put_one(self, index: int, part: list[Flow], timeout: float | None) -> int:
+    def _put_one(self, index: int, part: table.Pack, timeout: float | None) -> int:
         """Put a batch of one partition: what reserve and put_reserved do, under one lock.
         Returns the sequence number of its last flow."""
         try:
@@ -170,7 +170,7 @@ class PartitionedStore:
         except BufferClosed as exc:
             raise Closed(str(exc)) from None
 
-    def reserve(self, parts: dict[int, list[Flow]], timeout: float | None) -> None:
+    def reserve(self, parts: dict[int, table.Pack], timeout: float | None) -> None:
         """Hold room for every part in its buffer, or hold nothing and raise ``Overloaded``.
 
         Raises ``Closed`` once the store is closed.
@@ -186,14 +186,14 @@ class PartitionedStore:
         except BufferClosed as exc:
             raise Closed(str(exc)) from None
 
-    def put_reserved(self, parts: dict[int, list[Flow]]) -> dict[int, int]:
+    def put_reserved(self, parts: dict[int, table.Pack]) -> dict[int, int]:
         """Put every part in the room ``reserve`` held for it; never blocks. Returns, per
         partition, the sequence number of the part's last flow."""
         return {
             index: self.partitions[index].buffer.put_reserved(part) for index, part in parts.items()
         }
 
-    def cancel(self, parts: dict[int, list[Flow]]) -> None:
+    def cancel(self, parts: dict[int, table.Pack]) -> None:
         """Give back room reserved for ``parts`` that will not be put."""
         for index, part in parts.items():
             self.partitions[index].buffer.cancel(len(part))

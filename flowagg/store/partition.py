@@ -1,10 +1,12 @@
 """One partition: a ring buffer, the drainer thread that empties it, and the tables it fills.
 
-Request threads ``enqueue`` validated flows into the buffer and return at once. The drainer takes
-everything pending in one go and hands the whole batch to the partition's ``HourTables`` (the
-native tables of table.c), which sums it per (hour, key) in C under the write lock, and only then
-publishes how far it got (``applied_seq``). A merge is all or nothing, so a batch whose merge
-failed is retried whole, never counted twice.
+Request threads put their flows into the buffer as ``Pack``s (table.pack: the partition's share of
+a request, copied out of the decoded records, so that those die in the thread that made them) and
+return at once. The drainer takes every pending pack in one go and hands them all to the
+partition's ``HourTables`` (the native tables of table.c), which sums them per (hour, key) in C
+under the write lock, without the GIL for a large batch, and only then publishes how far it got
+(``applied_seq``). A merge is all or nothing, so a batch whose merge failed is retried whole,
+never counted twice.
 
 Read-your-writes: a reader notes the buffer's sequence number when it arrives and waits until
 ``applied_seq`` reaches it. Because ``applied_seq`` moves only after the merge, a reader never sees
@@ -23,7 +25,7 @@ from flowagg.schema import Flow
 from flowagg.store.base import PartitionStats, ReadTimeout, Row
 from flowagg.store.ringbuffer import RingBuffer, deadline_after, remaining
 from flowagg.store.rwlock import RWLock
-from flowagg.store.table import Groups, HourTables
+from flowagg.store.table import Groups, HourTables, Pack, pack
 
 log = logging.getLogger("flowagg.partition")
 
@@ -44,6 +46,7 @@ class Partition:
         self, index: int, buffer_capacity: int, on_drain: DrainObserver | None = None
     ) -> None:
         self.index = index
+        # Holds Packs; its capacity and sequence numbers count their flows.
         self.buffer: RingBuffer[Flow] = RingBuffer(buffer_capacity)
         self._on_drain = on_drain
         # Guards _tables, _cutoff and _tables_seq: readers copy rows or JSON out, the drainer
@@ -62,16 +65,18 @@ class Partition:
         self._progress = threading.Lock()
         self.applied = threading.Condition(self._progress)
         self._applied_seq = 0
-        # Flows taken from the buffer whose merge failed: retried first, never dropped.
+        # Packs taken from the buffer whose merge failed: retried first, never dropped.
         # Touched only by the thread running drain_once.
-        self._retry: list[Flow] = []
+        self._retry: list[Pack] = []
         self._thread: threading.Thread | None = None
 
     # -- producers -------------------------------------------------------------------------
 
     def enqueue(self, flows: Sequence[Flow], timeout: float | None = None) -> int:
-        """Put ``flows`` in the buffer; returns the sequence number of the last one."""
-        return self.buffer.put_many(flows, timeout)
+        """Put ``flows`` (all of this partition) in the buffer as one pack; returns the
+        sequence number of the last one. The stores pack a request themselves (memory.py)."""
+        packed = pack(list(flows), 1)
+        return self.buffer.put_many(packed[0], timeout) if packed else self.buffer.put_seq
 
     # -- the drainer -----------------------------------------------------------------------
 
@@ -84,7 +89,7 @@ class Partition:
         """
         if self._retry:
             timeout, linger = 0.0, 0.0
-        batch, seq = self.buffer.take_all(timeout, linger)
+        batch, seq = self.buffer.take_batches(timeout, linger)
         if self._retry:
             batch = self._retry + batch
         if not batch:
@@ -95,15 +100,16 @@ class Partition:
         self._batch_seq = seq
         self._merge(batch)
         self._retry = []
+        applied = sum(map(len, batch))
         self._publish(seq)
         if self._on_drain is not None:
             try:
-                self._on_drain(len(batch), time.perf_counter() - started)
+                self._on_drain(applied, time.perf_counter() - started)
             except Exception:  # a metric must never hold up readers or the drainer
                 log.exception("partition %d: drain observer failed", self.index)
-        return len(batch)
+        return applied
 
-    def _merge(self, batch: list[Flow]) -> None:
+    def _merge(self, batch: list[Pack]) -> None:
         """Add a batch to the tables under the write lock: all of it, or nothing if it raises.
 
         Flows of hours below the cutoff expired while queued (retention dropped their hour) and
@@ -138,10 +144,10 @@ class Partition:
         with self._progress:
             return self._applied_seq
 
-    def count_new(self, flows: Sequence[Flow]) -> int:
-        """Distinct (hour, key) pairs of ``flows`` the tables do not hold yet."""
+    def count_new(self, part: Pack) -> int:
+        """Distinct (hour, key) pairs of ``part`` the tables do not hold yet."""
         with self.lock.read_lock():
-            return self._tables.count_new(flows)
+            return self._tables.count_new([part])
 
     def wait_applied(self, seq: int, timeout: float | None = None) -> None:
         """Block until every flow up to sequence number ``seq`` is in the table."""
@@ -238,10 +244,10 @@ class Partition:
         with self.lock.write_lock():
             self.keys_held += self._tables.merge_rows(hour, rows)
 
-    def apply(self, flows: Sequence[Flow]) -> None:
-        """Sum and merge ``flows`` now, bypassing the buffer (replaying a log at start-up)."""
+    def apply(self, part: Pack) -> None:
+        """Sum and merge ``part`` now, bypassing the buffer (replaying a log at start-up)."""
         with self.lock.write_lock():
-            self.keys_held += self._tables.merge(flows, self._cutoff)[1]
+            self.keys_held += self._tables.merge([part], self._cutoff)[1]
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """A bounded circular buffer: many producers put batches, one consumer takes everything pending.
 
 Each slot of a fixed list (allocated once) holds one batch; capacity and sequence numbers count
-the items inside the batches, so a put costs one slot write whatever the batch size, and a take
-costs one list extend per batch.
+the items inside the batches, so a put costs one slot write whatever the batch size; ``take_all``
+costs one list extend per batch, and ``take_batches`` hands the batches over as they were put.
 
 Every item gets a sequence number: the n-th item ever put has number n (from 1). ``put_many``
 returns the number of its last item and ``take_all`` the number of the last item it took, which is
@@ -182,16 +182,27 @@ class RingBuffer(Generic[T]):
         (or of the last item ever put, when nothing was pending). Once the buffer is closed it
         waits only for reserved room to be put or cancelled; see ``finished``.
         """
+        batches, seq = self.take_batches(timeout, linger)
+        items: list[T] = []
+        for batch in batches:
+            items.extend(batch)
+        return items, seq
+
+    def take_batches(
+        self, timeout: float | None = None, linger: float = 0.0
+    ) -> tuple[list[Sequence[T]], int]:
+        """``take_all``, but the pending batches as they were put, not their items: for a
+        consumer that handles whole batches (partition.py's packs)."""
         deadline = deadline_after(timeout)
         with self.not_empty:
             self._wait_pending(deadline)
             if linger > 0 and self._batches:
                 self._linger(deadline_after(linger))
             self._kicked = False
-            items = self._take_batches()
-            if items:
+            batches = self._take_batches()
+            if batches:
                 self.not_full.notify_all()
-            return items, self._put_seq
+            return batches, self._put_seq
 
     def kick(self) -> None:
         """Someone waits for the pending items: a lingering consumer takes them now."""
@@ -275,16 +286,18 @@ class RingBuffer(Generic[T]):
         else:
             self.not_empty.notify()
 
-    def _take_batches(self) -> list[T]:
+    def _take_batches(self) -> list[Sequence[T]]:
         # Caller holds the mutex. Empties every pending slot, so the buffer keeps no references
         # to batches already handed to the consumer.
-        items: list[T] = []
-        slots, head = self._slots, self._head
-        for _ in range(self._batches):
-            items.extend(slots[head])  # type: ignore[arg-type]
-            slots[head] = None
-            head = (head + 1) % self.capacity
-        self._head = head
+        slots, head, n = self._slots, self._head, self._batches
+        if head + n <= self.capacity:
+            batches = slots[head : head + n]
+            slots[head : head + n] = [None] * n
+        else:  # the pending slots wrap around the end
+            batches = slots[head:] + slots[: head + n - self.capacity]
+            slots[head:] = [None] * (self.capacity - head)
+            slots[: head + n - self.capacity] = [None] * (head + n - self.capacity)
+        self._head = (head + n) % self.capacity
         self._batches = 0
         self._size = 0
-        return items
+        return batches  # type: ignore[return-value]

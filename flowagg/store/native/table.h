@@ -315,6 +315,28 @@ int as_u64(PyObject *value, const char *what, uint64_t *out);
 PyObject *long_from_u128(u128 value);
 extern PyMethodDef records_functions[]; /* split, hour_bounds, first_outside */
 
+/* -- packs (pack.c) --------------------------------------------------------------------------- */
+
+/* One flow of a Pack: its names are `length[f]` bytes at `offset[f]` of the pack's arena. */
+typedef struct {
+    uint64_t hour;
+    uint64_t count[2]; /* bytes_tx, bytes_rx */
+    uint32_t offset[3];
+    uint32_t length[3];
+} PackItem;
+
+typedef struct {
+    PyObject_HEAD
+    PackItem *items; /* n, owned */
+    Py_ssize_t n;
+    char *arena;     /* the names' bytes, arena_len of them, owned */
+    size_t arena_len;
+} Pack;
+
+extern PyTypeObject Pack_Type;
+#define Pack_Check(op) Py_IS_TYPE((op), &Pack_Type)
+extern PyMethodDef pack_functions[]; /* pack */
+
 /* -- the tables of a partition (tables.c) ------------------------------------------------------ */
 
 typedef struct {

@@ -158,7 +158,8 @@ typedef struct {
 
 typedef struct {
     Item *items;
-    Py_ssize_t n;    /* items read (and holding references) */
+    Py_ssize_t n;    /* items read (and holding references, unless read from packs) */
+    PyObject *owners; /* a tuple of the Packs the items point into, or NULL */
     Group *groups;
     uint32_t ngroups;
     uint64_t applied;   /* flows not skipped */
@@ -168,7 +169,10 @@ typedef struct {
 static void
 batch_free(Batch *b)
 {
-    items_release(b->items, b->n);
+    if (b->owners == NULL) {
+        items_release(b->items, b->n);
+    }
+    Py_XDECREF(b->owners);
     PyMem_RawFree(b->items);
     if (b->groups != NULL) {
         for (uint32_t g = 0; g < b->ngroups; g++) {
@@ -391,9 +395,65 @@ batch_merge(HourTables *self, Batch *b)
 /* Read every record of `records` (flow records, or with `rows_of_hour` set, snapshot rows of
  * that hour) into b->items; items of hours below `cutoff` are marked SKIPPED. 0, or -1 with an
  * exception set (the items read so far hold references: batch_free releases them). */
+/* Point b->items at the flows of a tuple of Packs, which b->owners keeps alive. Needs no
+ * Python object but the tuple: no reference per item, nothing to release per item. */
+static int
+batch_read_packs(Batch *b, PyObject *packs, uint64_t cutoff)
+{
+    b->owners = Py_NewRef(packs);
+    Py_ssize_t npacks = PyTuple_GET_SIZE(packs), n = 0;
+    for (Py_ssize_t p = 0; p < npacks; p++) {
+        PyObject *pack = PyTuple_GET_ITEM(packs, p);
+        if (!Pack_Check(pack)) {
+            PyErr_Format(PyExc_TypeError,
+                         "a batch is all flow records or all Packs, not a %.100s among Packs",
+                         Py_TYPE(pack)->tp_name);
+            return -1;
+        }
+        n += ((Pack *)pack)->n;
+    }
+    b->items = PyMem_RawMalloc((n > 0 ? n : 1) * sizeof(Item));
+    if (b->items == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t p = 0; p < npacks; p++) {
+        const Pack *pack = (const Pack *)PyTuple_GET_ITEM(packs, p);
+        for (Py_ssize_t i = 0; i < pack->n; i++) {
+            const PackItem *in = &pack->items[i];
+            Item *item = &b->items[b->n++];
+            item_init(item);
+            for (int f = 0; f < 3; f++) {
+                item->key.name[f] = pack->arena + in->offset[f];
+                item->key.length[f] = in->length[f];
+            }
+            item->count[0] = in->count[0];
+            item->count[1] = in->count[1];
+            item->hour = in->hour;
+            if (item->hour < cutoff) {
+                item->group = SKIPPED;
+            }
+            else {
+                b->applied++;
+            }
+        }
+    }
+    return 0;
+}
+
 static int
 batch_read(Batch *b, PyObject *records, uint64_t cutoff, const uint64_t *rows_of_hour)
 {
+    if (rows_of_hour == NULL && PyList_Check(records) && PyList_GET_SIZE(records) > 0
+        && Pack_Check(PyList_GET_ITEM(records, 0))) {
+        PyObject *packs = PyList_AsTuple(records); /* a list could change under our feet */
+        if (packs == NULL) {
+            return -1;
+        }
+        int status = batch_read_packs(b, packs, cutoff);
+        Py_DECREF(packs);
+        return status;
+    }
     PyObject *seq = PySequence_Fast(records, "flows must be a sequence");
     if (seq == NULL) {
         return -1;
@@ -940,7 +1000,8 @@ PyInit_table(void)
     if (records_init() < 0) {
         return NULL;
     }
-    if (PyType_Ready(&HourTables_Type) < 0 || PyType_Ready(&Groups_Type) < 0) {
+    if (PyType_Ready(&HourTables_Type) < 0 || PyType_Ready(&Groups_Type) < 0
+        || PyType_Ready(&Pack_Type) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&table_module);
@@ -948,7 +1009,9 @@ PyInit_table(void)
         return NULL;
     }
     if (PyModule_AddObjectRef(module, "HourTables", (PyObject *)&HourTables_Type) < 0
-        || PyModule_AddObjectRef(module, "Groups", (PyObject *)&Groups_Type) < 0) {
+        || PyModule_AddObjectRef(module, "Groups", (PyObject *)&Groups_Type) < 0
+        || PyModule_AddObjectRef(module, "Pack", (PyObject *)&Pack_Type) < 0
+        || PyModule_AddFunctions(module, pack_functions) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -1,0 +1,343 @@
+/* Packs: a request's flows, split by partition and copied out of their Python objects.
+ *
+ * A request thread calls pack(flows, n) right after decoding its body. Each flow is read once,
+ * while its objects are still in the cache, and its names' UTF-8 bytes and counters are copied
+ * into the Pack of its partition (hour % n); the flow records can then be freed by the thread
+ * that made them, in the order it made them. A drainer later merges a list of Packs without
+ * touching a Python object (tables.c, batch_read_packs), so most of its work runs without the
+ * GIL, and pymalloc's pools are not freed in a partition-strided order by several threads.
+ *
+ * Layout of one Pack: `items` (n fixed-size records: hour, counters, and per name an offset and
+ * a length into `arena`) and `arena` (the names' bytes, one after another, never shared).
+ * A Pack is immutable once made, so any thread holding a reference may read it without a lock.
+ */
+
+#include "table.h"
+
+static PyObject *
+Pack_new_empty(void)
+{
+    Pack *self = PyObject_New(Pack, &Pack_Type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->items = NULL;
+    self->n = 0;
+    self->arena = NULL;
+    self->arena_len = 0;
+    return (PyObject *)self;
+}
+
+static void
+Pack_dealloc(Pack *self)
+{
+    PyMem_RawFree(self->items);
+    PyMem_RawFree(self->arena);
+    PyObject_Free(self);
+}
+
+static Py_ssize_t
+Pack_length(Pack *self)
+{
+    return self->n;
+}
+
+static PyObject *
+Pack_get_nbytes(Pack *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSize_t(sizeof(Pack) + (size_t)self->n * sizeof(PackItem) + self->arena_len);
+}
+
+PyDoc_STRVAR(Pack_records_doc,
+"records() -> list\n\n"
+"Its flows as tuples (src_app, dest_app, vpc_id, bytes_tx, bytes_rx, hour), in request order:\n"
+"for tests and debugging, not for the hot path.");
+
+static PyObject *
+Pack_records(Pack *self, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *list = PyList_New(self->n);
+    if (list == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < self->n; i++) {
+        const PackItem *item = &self->items[i];
+        PyObject *record = PyTuple_New(6);
+        if (record == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, record);
+        for (int f = 0; f < 3; f++) {
+            /* The bytes came from a str's UTF-8, so they decode. */
+            PyObject *name = PyUnicode_DecodeUTF8(self->arena + item->offset[f],
+                                                  item->length[f], "surrogatepass");
+            if (name == NULL) {
+                Py_DECREF(list);
+                return NULL;
+            }
+            PyTuple_SET_ITEM(record, f, name);
+        }
+        PyObject *values[3] = {
+            PyLong_FromUnsignedLongLong(item->count[0]),
+            PyLong_FromUnsignedLongLong(item->count[1]),
+            PyLong_FromUnsignedLongLong(item->hour),
+        };
+        for (int v = 0; v < 3; v++) {
+            if (values[v] == NULL) {
+                for (int w = v + 1; w < 3; w++) {
+                    Py_XDECREF(values[w]);
+                }
+                Py_DECREF(list);
+                return NULL;
+            }
+            PyTuple_SET_ITEM(record, 3 + v, values[v]);
+        }
+    }
+    return list;
+}
+
+static PyMethodDef Pack_methods[] = {
+    {"records", (PyCFunction)Pack_records, METH_NOARGS, Pack_records_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods Pack_as_sequence = {
+    .sq_length = (lenfunc)Pack_length,
+};
+
+static PyGetSetDef Pack_getset[] = {
+    {"nbytes", (getter)Pack_get_nbytes, NULL, "Bytes of memory the pack holds.", NULL},
+    {NULL},
+};
+
+PyDoc_STRVAR(Pack_doc,
+"One partition's flows of a request, copied out of their records (made by pack()).\n\n"
+"len() is the number of flows. Immutable; HourTables.merge and count_new take lists of them.");
+
+PyTypeObject Pack_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flowagg.store.table.Pack",
+    .tp_basicsize = sizeof(Pack),
+    .tp_dealloc = (destructor)Pack_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = Pack_doc,
+    .tp_methods = Pack_methods,
+    .tp_getset = Pack_getset,
+    .tp_as_sequence = &Pack_as_sequence,
+    /* no tp_new: made only by pack() */
+};
+
+/* -- pack() ----------------------------------------------------------------------------------- */
+
+/* One partition of the request being packed. */
+typedef struct {
+    uint64_t index;  /* hour % n */
+    Py_ssize_t n;    /* its flows */
+    uint64_t bytes;  /* their names' bytes */
+    Pack *pack;      /* NULL until allocated; then a new reference, until moved into the dict */
+} Part;
+
+static int
+part_order(const void *a, const void *b)
+{
+    uint64_t x = ((const Part *)a)->index, y = ((const Part *)b)->index;
+    return (x > y) - (x < y);
+}
+
+/* Parts found by a linear search up to this many; beyond, through a map over them. */
+#define FEW_PARTS 8
+
+/* The parts of a request being packed: dense, with a map over them once there are many. */
+typedef struct {
+    Part *parts;
+    uint32_t n, cap;
+    Slot *slots; /* NULL while n <= FEW_PARTS, then keyed by hash_hour(index) */
+    uint32_t mask;
+    uint32_t last; /* the part found last: flows of one request come in runs */
+} Parts;
+
+static void
+parts_free(Parts *ps)
+{
+    for (uint32_t p = 0; p < ps->n; p++) {
+        Py_XDECREF(ps->parts[p].pack);
+    }
+    PyMem_RawFree(ps->parts);
+    PyMem_RawFree(ps->slots);
+}
+
+/* The number of the part of partition `index`, added if new; -1 without memory. */
+static int64_t
+part_of(Parts *ps, uint64_t index)
+{
+    if (ps->last < ps->n && ps->parts[ps->last].index == index) {
+        return ps->last;
+    }
+    uint32_t hash = short_hash(hash_hour(index));
+    if (ps->slots == NULL) {
+        for (uint32_t p = 0; p < ps->n; p++) {
+            if (ps->parts[p].index == index) {
+                return ps->last = p;
+            }
+        }
+    }
+    else {
+        for (uint32_t s = hash & ps->mask; ps->slots[s].index != SLOT_NONE;
+             s = (s + 1) & ps->mask) {
+            if (ps->slots[s].hash == hash && ps->parts[ps->slots[s].index - 1].index == index) {
+                return ps->last = ps->slots[s].index - 1;
+            }
+        }
+    }
+    if (ps->n == ps->cap) {
+        uint64_t more = grown(ps->cap, (uint64_t)ps->cap + 1);
+        Part *parts = PyMem_RawRealloc(ps->parts, more * sizeof(Part));
+        if (parts == NULL) {
+            return -1;
+        }
+        ps->parts = parts;
+        ps->cap = (uint32_t)more;
+    }
+    uint32_t p = ps->n++;
+    ps->parts[p] = (Part){.index = index};
+    if (ps->n > FEW_PARTS && (ps->slots == NULL || (uint64_t)ps->n > ((uint64_t)ps->mask + 1) * 3 / 4)) {
+        uint64_t size = slots_for((uint64_t)ps->n * 2);
+        Slot *map = PyMem_RawCalloc(size, sizeof(Slot));
+        if (map == NULL) {
+            ps->n--;
+            return -1;
+        }
+        for (uint32_t i = 0; i < ps->n; i++) {
+            slot_put(map, (uint32_t)(size - 1), i, short_hash(hash_hour(ps->parts[i].index)));
+        }
+        PyMem_RawFree(ps->slots);
+        ps->slots = map;
+        ps->mask = (uint32_t)(size - 1);
+    }
+    else if (ps->slots != NULL) {
+        slot_put(ps->slots, ps->mask, p, hash);
+    }
+    return ps->last = p;
+}
+
+PyDoc_STRVAR(pack_doc,
+"pack(flows, n) -> dict\n\n"
+"Split a list of flow records by partition (hour % n) and copy each part into a Pack:\n"
+"{index: Pack}, in ascending index order, each Pack's flows in request order. Raises like\n"
+"HourTables.merge for a field of the wrong type; nothing is kept then.");
+
+static PyObject *
+table_pack(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *flows;
+    unsigned long long n;
+    if (!PyArg_ParseTuple(args, "O!K:pack", &PyList_Type, &flows, &n)) {
+        return NULL;
+    }
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "n must be at least 1");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(flows);
+    PyObject *result = PyDict_New();
+    if (result == NULL || count == 0) {
+        return result;
+    }
+    Item *items = PyMem_RawMalloc((size_t)count * sizeof(Item));
+    Py_ssize_t read = 0; /* items holding references, released at the end */
+    Parts ps = {0};
+    if (items == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    /* Pass 1: read every flow, find its part, count the part's flows and bytes. A flow's
+     * part number is kept in item->group. */
+    Layout layout = {0};
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Item *item = &items[i];
+        item_init(item);
+        read = i + 1; /* the item may hold references even if reading it fails */
+        if (read_flow(PyList_GET_ITEM(flows, i), &layout, item) < 0) {
+            goto error;
+        }
+        /* The list is ours only while no Python code runs: read_flow may run getattr on an
+         * unusual record type, which could shrink it. */
+        if (PyList_GET_SIZE(flows) != count) {
+            PyErr_SetString(PyExc_RuntimeError, "flows changed size during pack()");
+            goto error;
+        }
+        int64_t p = part_of(&ps, item->hour % n);
+        if (p < 0) {
+            PyErr_NoMemory();
+            goto error;
+        }
+        item->group = (uint32_t)p;
+        Part *part = &ps.parts[p];
+        part->n++;
+        part->bytes += (uint64_t)item->key.length[0] + item->key.length[1] + item->key.length[2];
+    }
+    /* Offsets into an arena are 32 bits: a part with more name bytes is refused (a request
+     * body is far smaller under any sensible FLOWAGG_MAX_BODY_BYTES). */
+    for (uint32_t p = 0; p < ps.n; p++) {
+        Part *part = &ps.parts[p];
+        if (part->bytes > UINT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "a request holds more than 4 GiB of names");
+            goto error;
+        }
+        Pack *pack = (Pack *)Pack_new_empty();
+        if (pack == NULL) {
+            goto error;
+        }
+        part->pack = pack;
+        pack->items = PyMem_RawMalloc((size_t)part->n * sizeof(PackItem));
+        pack->arena = PyMem_RawMalloc(part->bytes > 0 ? part->bytes : 1);
+        if (pack->items == NULL || pack->arena == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
+    }
+    /* Pass 2: copy every flow into its pack, in request order. */
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const Item *item = &items[i];
+        Pack *pack = ps.parts[item->group].pack;
+        PackItem *out = &pack->items[pack->n++];
+        out->hour = item->hour;
+        out->count[0] = (uint64_t)item->count[0]; /* read_flow's counters are below 2**64 */
+        out->count[1] = (uint64_t)item->count[1];
+        for (int f = 0; f < 3; f++) {
+            out->offset[f] = (uint32_t)pack->arena_len;
+            out->length[f] = item->key.length[f];
+            memcpy(pack->arena + pack->arena_len, item->key.name[f], item->key.length[f]);
+            pack->arena_len += item->key.length[f];
+        }
+    }
+    items_release(items, read);
+    PyMem_RawFree(items);
+    items = NULL;
+    /* The map is stale once sorted: not used after this point. */
+    qsort(ps.parts, ps.n, sizeof(Part), part_order);
+    for (uint32_t p = 0; p < ps.n; p++) {
+        PyObject *key = PyLong_FromUnsignedLongLong(ps.parts[p].index);
+        int failed = key == NULL || PyDict_SetItem(result, key, (PyObject *)ps.parts[p].pack) < 0;
+        Py_XDECREF(key);
+        if (failed) {
+            goto error;
+        }
+    }
+    parts_free(&ps); /* the dict holds the packs */
+    return result;
+error:
+    if (items != NULL) {
+        items_release(items, read);
+        PyMem_RawFree(items);
+    }
+    parts_free(&ps);
+    Py_DECREF(result);
+    return NULL;
+}
+
+PyMethodDef pack_functions[] = {
+    {"pack", table_pack, METH_VARARGS, pack_doc},
+    {NULL, NULL, 0, NULL},
+};

@@ -160,11 +160,15 @@ typedef struct {
     Item *items;
     Py_ssize_t n;    /* items read (and holding references, unless read from packs) */
     PyObject *owners; /* a tuple of the Packs the items point into, or NULL */
+    Py_ssize_t total;  /* items to merge: b->n once read, or the packs' flows until filled */
+    uint64_t cutoff;   /* items of hours below it are skipped */
     Group *groups;
     uint32_t ngroups;
     uint64_t applied;   /* flows not skipped */
     uint64_t new_keys;  /* set by phase 2 */
 } Batch;
+
+static int batch_fill_packs(Batch *b);
 
 static void
 batch_free(Batch *b)
@@ -238,7 +242,8 @@ group_of(Batch *b, uint64_t hour, Slot **slots, uint32_t *mask, uint32_t *cap)
     return g;
 }
 
-/* Give every item not skipped its group, one per distinct hour (with the GIL: may raise). */
+/* Give every item not skipped its group, one per distinct hour. -1 without memory (no
+ * exception set: it may run without the GIL). */
 static int
 batch_group(Batch *b)
 {
@@ -254,7 +259,6 @@ batch_group(Batch *b)
             int64_t g = group_of(b, item->hour, &slots, &mask, &cap);
             if (g < 0) {
                 PyMem_RawFree(slots);
-                PyErr_NoMemory();
                 return -1;
             }
             last = (uint32_t)g;
@@ -357,29 +361,39 @@ batch_apply(HourTables *self, Batch *b)
     b->new_keys = new_keys;
 }
 
-/* Prepare and apply, without the GIL for large batches. */
+/* Fill (from packs), group, prepare and apply: the whole merge but reading records. -1 without
+ * memory, -2 for a counter that would pass 2**128; no exception set, so it may run without the
+ * GIL. */
+static int
+batch_merge_steps(HourTables *self, Batch *b)
+{
+    int status = batch_fill_packs(b);
+    if (status == 0) {
+        status = batch_group(b);
+    }
+    if (status == 0) {
+        status = batch_prepare(self, b);
+    }
+    if (status == 0) {
+        batch_apply(self, b);
+    }
+    return status;
+}
+
+/* Merge a batch read by batch_read, without the GIL for large batches. */
 static int
 batch_merge(HourTables *self, Batch *b)
 {
-    if (batch_group(b) < 0) {
-        return -1;
-    }
     int status;
-    if (b->n >= RELEASE_GIL_AT) {
+    if (b->total >= RELEASE_GIL_AT) {
         self->busy = -1;
         Py_BEGIN_ALLOW_THREADS
-        status = batch_prepare(self, b);
-        if (status == 0) {
-            batch_apply(self, b);
-        }
+        status = batch_merge_steps(self, b);
         Py_END_ALLOW_THREADS
         self->busy = 0;
     }
     else {
-        status = batch_prepare(self, b);
-        if (status == 0) {
-            batch_apply(self, b);
-        }
+        status = batch_merge_steps(self, b);
     }
     if (status == -1) {
         PyErr_NoMemory();
@@ -395,13 +409,15 @@ batch_merge(HourTables *self, Batch *b)
 /* Read every record of `records` (flow records, or with `rows_of_hour` set, snapshot rows of
  * that hour) into b->items; items of hours below `cutoff` are marked SKIPPED. 0, or -1 with an
  * exception set (the items read so far hold references: batch_free releases them). */
-/* Point b->items at the flows of a tuple of Packs, which b->owners keeps alive. Needs no
- * Python object but the tuple: no reference per item, nothing to release per item. */
+/* Take a tuple of Packs as the batch: b->owners keeps them alive and batch_fill_packs points
+ * the items at their flows later, without the GIL. No reference per item, nothing to release
+ * per item. */
 static int
 batch_read_packs(Batch *b, PyObject *packs, uint64_t cutoff)
 {
     b->owners = Py_NewRef(packs);
-    Py_ssize_t npacks = PyTuple_GET_SIZE(packs), n = 0;
+    b->cutoff = cutoff;
+    Py_ssize_t npacks = PyTuple_GET_SIZE(packs);
     for (Py_ssize_t p = 0; p < npacks; p++) {
         PyObject *pack = PyTuple_GET_ITEM(packs, p);
         if (!Pack_Check(pack)) {
@@ -410,15 +426,27 @@ batch_read_packs(Batch *b, PyObject *packs, uint64_t cutoff)
                          Py_TYPE(pack)->tp_name);
             return -1;
         }
-        n += ((Pack *)pack)->n;
+        b->total += ((Pack *)pack)->n;
     }
-    b->items = PyMem_RawMalloc((n > 0 ? n : 1) * sizeof(Item));
+    b->items = PyMem_RawMalloc((b->total > 0 ? b->total : 1) * sizeof(Item));
     if (b->items == NULL) {
         PyErr_NoMemory();
         return -1;
     }
+    return 0;
+}
+
+/* Point the items at the packs' flows (a batch of packs not yet filled; else nothing to do).
+ * Cannot fail: returns 0, to chain with the other steps. */
+static int
+batch_fill_packs(Batch *b)
+{
+    if (b->owners == NULL || b->n == b->total) {
+        return 0;
+    }
+    Py_ssize_t npacks = PyTuple_GET_SIZE(b->owners);
     for (Py_ssize_t p = 0; p < npacks; p++) {
-        const Pack *pack = (const Pack *)PyTuple_GET_ITEM(packs, p);
+        const Pack *pack = (const Pack *)PyTuple_GET_ITEM(b->owners, p);
         for (Py_ssize_t i = 0; i < pack->n; i++) {
             const PackItem *in = &pack->items[i];
             Item *item = &b->items[b->n++];
@@ -430,7 +458,7 @@ batch_read_packs(Batch *b, PyObject *packs, uint64_t cutoff)
             item->count[0] = in->count[0];
             item->count[1] = in->count[1];
             item->hour = in->hour;
-            if (item->hour < cutoff) {
+            if (item->hour < b->cutoff) {
                 item->group = SKIPPED;
             }
             else {
@@ -485,6 +513,7 @@ batch_read(Batch *b, PyObject *records, uint64_t cutoff, const uint64_t *rows_of
         }
     }
     Py_DECREF(seq); /* the items keep their own references to what they point into */
+    b->total = b->n;
     return status;
 }
 
@@ -582,8 +611,11 @@ HourTables_count_new(HourTables *self, PyObject *flows)
     }
     Batch b = {0};
     PyObject *result = NULL;
-    if (batch_read(&b, flows, 0, NULL) == 0 && batch_group(&b) == 0) {
-        uint64_t count = batch_count_new(self, &b);
+    if (batch_read(&b, flows, 0, NULL) == 0) {
+        uint64_t count = UINT64_MAX;
+        if (batch_fill_packs(&b) == 0 && batch_group(&b) == 0) {
+            count = batch_count_new(self, &b);
+        }
         result = count == UINT64_MAX ? PyErr_NoMemory() : PyLong_FromUnsignedLongLong(count);
     }
     batch_free(&b);

@@ -87,6 +87,11 @@ def check_names(flows: list[Flow], max_bytes: int | None) -> None:
         raise NameTooLong(found[0], found[1], max_bytes)
 
 
+# Queued estimates kept per partition before they are released even far from the limit (the
+# queue must not grow without bound while no request comes near it).
+RELEASE_AT = 256
+
+
 class KeyBudget:
     """Admits requests while the key-hours held plus those they may add stay within a limit.
 
@@ -141,15 +146,22 @@ class KeyBudget:
         """A part admitted with ``estimate`` was put; its last flow has number ``seq``."""
         with self._mutex:
             self._admitted -= estimate
-            self._queued[index].append((seq, estimate))
+            queue = self._queued[index]
+            queue.append((seq, estimate))
             self._queued_total += estimate
+            if len(queue) >= RELEASE_AT:  # far from the limit, _fits releases nothing
+                self._release_applied()
 
     def cancel(self, estimates: dict[int, int]) -> None:
         with self._mutex:
             self._admitted -= sum(estimates.values())
 
     def _fits(self, new: int) -> bool:
-        # Caller holds the mutex.
+        # Caller holds the mutex. Before the estimates of applied parts are released, they are
+        # counted twice (queued, and held by the tables): an upper bound, so a request that
+        # fits it fits, and only one that does not pays for the release and the exact sum.
+        if self._held() + self._admitted + self._queued_total + new <= self.limit:
+            return True
         self._release_applied()
         return self._held() + self._admitted + self._queued_total + new <= self.limit
 

@@ -13,12 +13,12 @@ from flowagg.metrics import Metrics
 from flowagg.store.base import FlowStore
 
 
-def get_store() -> FlowStore:
-    return current_app.extensions["flowagg"]
+def get_store(app: Flask | None = None) -> FlowStore:
+    return (app or current_app).extensions["flowagg"]
 
 
-def get_metrics() -> Metrics:
-    return current_app.extensions["flowagg.metrics"]
+def get_metrics(app: Flask | None = None) -> Metrics:
+    return (app or current_app).extensions["flowagg.metrics"]
 
 
 def get_access_log(app: Flask | None = None) -> AccessLog:

@@ -29,19 +29,21 @@ def _ms(setting: str) -> float:
 def post_flows() -> Response:
     # get_data() reads the raw body whatever the Content-Type (curl -d sends a form type) and
     # raises 413 before reading when Content-Length exceeds MAX_CONTENT_LENGTH.
-    given = request.environ.get("HTTP_IDEMPOTENCY_KEY")  # repeated headers arrive joined by ", "
+    environ = request.environ
+    given = environ.get("HTTP_IDEMPOTENCY_KEY")  # repeated headers arrive joined by ", "
     key = parse_idempotency_key([] if given is None else [given])
-    token = request.environ.get(TOKEN)
+    token = environ.get(TOKEN)
     if key is not None and token is not None:  # one client's keys never meet another's
         key = f"{token}/{key}"
     flows = decode_flows(request.get_data(cache=False))
-    accepted = get_store().ingest(
-        flows, timeout=_ms("FLOWAGG_ENQUEUE_TIMEOUT_MS"), idempotency_key=key
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+    accepted = get_store(app).ingest(
+        flows, timeout=app.config["FLOWAGG_ENQUEUE_TIMEOUT_MS"] / 1000, idempotency_key=key
     )
-    metrics = get_metrics()
+    metrics = get_metrics(app)
     metrics.requests_accepted.inc()
     metrics.flows_accepted.inc(accepted)
-    note_accepted(accepted)
+    note_accepted(accepted, environ)
     return json_response({"accepted": accepted})
 
 

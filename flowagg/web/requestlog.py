@@ -33,9 +33,10 @@ _id_counter = itertools.count(1)
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 
 
-def note_accepted(accepted: int) -> None:
-    """Put the number of flows a POST accepted on its request line."""
-    request.environ[ACCEPTED] = accepted
+def note_accepted(accepted: int, environ: dict | None = None) -> None:
+    """Put the number of flows a POST accepted on its request line (``environ``: the current
+    request's, when the caller has it at hand)."""
+    (request.environ if environ is None else environ)[ACCEPTED] = accepted
 
 
 def request_id() -> str:

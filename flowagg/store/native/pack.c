@@ -132,10 +132,10 @@ PyTypeObject Pack_Type = {
 
 /* One partition of the request being packed. */
 typedef struct {
-    uint64_t index;  /* hour % n */
-    Py_ssize_t n;    /* its flows */
-    uint64_t bytes;  /* their names' bytes */
-    Pack *pack;      /* NULL until allocated; then a new reference, until moved into the dict */
+    uint64_t index;     /* hour % n */
+    Pack *pack;         /* a new reference, until moved into the dict */
+    Py_ssize_t cap;     /* room in pack->items */
+    size_t arena_cap;   /* room in pack->arena */
 } Part;
 
 static int
@@ -221,6 +221,54 @@ part_of(Parts *ps, uint64_t index)
     return ps->last = p;
 }
 
+/* Append `item` to `part`'s pack, growing it by half when full; -1 without memory (or with a
+ * part of more than 4 GiB of names, which 32-bit offsets cannot address: a request body is
+ * far smaller under any sensible FLOWAGG_MAX_BODY_BYTES). */
+static int
+part_append(Part *part, const Item *item, Py_ssize_t hint)
+{
+    Pack *pack = part->pack;
+    if (pack->n == part->cap) {
+        uint64_t cap = grown((uint64_t)part->cap, (uint64_t)(part->cap > 0 ? part->cap + 1 : hint));
+        PackItem *items = PyMem_RawRealloc(pack->items, cap * sizeof(PackItem));
+        if (items == NULL) {
+            return -1;
+        }
+        pack->items = items;
+        part->cap = (Py_ssize_t)cap;
+    }
+    size_t bytes = (size_t)item->key.length[0] + item->key.length[1] + item->key.length[2];
+    if (pack->arena_len + bytes > part->arena_cap) {
+        size_t need = pack->arena_len + bytes;
+        if (need > UINT32_MAX) {
+            return -1;
+        }
+        /* First sized as if the part's flows had names as long as this one's, then by half. */
+        size_t cap = part->arena_cap > 0 ? part->arena_cap + part->arena_cap / 2
+                                         : bytes * (size_t)(hint > 0 ? hint : 1);
+        cap = cap < need ? need : cap;
+        cap = cap < 256 ? 256 : cap;
+        cap = cap > UINT32_MAX ? need : cap;
+        char *arena = PyMem_RawRealloc(pack->arena, cap);
+        if (arena == NULL) {
+            return -1;
+        }
+        pack->arena = arena;
+        part->arena_cap = cap;
+    }
+    PackItem *out = &pack->items[pack->n++];
+    out->hour = item->hour;
+    out->count[0] = (uint64_t)item->count[0]; /* a flow's counters are below 2**64 */
+    out->count[1] = (uint64_t)item->count[1];
+    for (int f = 0; f < 3; f++) {
+        out->offset[f] = (uint32_t)pack->arena_len;
+        out->length[f] = item->key.length[f];
+        memcpy(pack->arena + pack->arena_len, item->key.name[f], item->key.length[f]);
+        pack->arena_len += item->key.length[f];
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(pack_doc,
 "pack(flows, n) -> dict\n\n"
 "Split a list of flow records by partition (hour % n) and copy each part into a Pack:\n"
@@ -244,82 +292,65 @@ table_pack(PyObject *Py_UNUSED(module), PyObject *args)
     if (result == NULL || count == 0) {
         return result;
     }
-    Item *items = PyMem_RawMalloc((size_t)count * sizeof(Item));
-    Py_ssize_t read = 0; /* items holding references, released at the end */
     Parts ps = {0};
-    if (items == NULL) {
-        PyErr_NoMemory();
-        goto error;
-    }
-    /* Pass 1: read every flow, find its part, count the part's flows and bytes. A flow's
-     * part number is kept in item->group. */
     Layout layout = {0};
+    /* One pass, in request order: read each flow (its names borrowed from the record, which
+     * the list keeps alive; only an unusual record type read by getattr holds references, for
+     * the time of its copy) and append it to its partition's pack. */
     for (Py_ssize_t i = 0; i < count; i++) {
-        Item *item = &items[i];
-        item_init(item);
-        read = i + 1; /* the item may hold references even if reading it fails */
-        if (read_flow(PyList_GET_ITEM(flows, i), &layout, item) < 0) {
+        Item item;
+        item_init(&item);
+        PyObject *flow = PyList_GET_ITEM(flows, i);
+        int viewed = view_flow(flow, &layout, &item);
+        if (viewed < 0) {
             goto error;
         }
-        /* The list is ours only while no Python code runs: read_flow may run getattr on an
-         * unusual record type, which could shrink it. */
-        if (PyList_GET_SIZE(flows) != count) {
-            PyErr_SetString(PyExc_RuntimeError, "flows changed size during pack()");
-            goto error;
+        if (viewed == 0) {
+            Py_INCREF(flow); /* getattr runs Python code, which could shrink the list */
+            int failed = read_flow(flow, &layout, &item);
+            Py_DECREF(flow);
+            if (failed || PyList_GET_SIZE(flows) != count) {
+                items_release(&item, 1);
+                if (!failed) {
+                    PyErr_SetString(PyExc_RuntimeError, "flows changed size during pack()");
+                }
+                goto error;
+            }
         }
-        int64_t p = part_of(&ps, item->hour % n);
-        if (p < 0) {
+        int64_t p = part_of(&ps, item.hour % n);
+        Part *part = p >= 0 ? &ps.parts[p] : NULL;
+        if (part != NULL && part->pack == NULL) {
+            part->pack = (Pack *)Pack_new_empty();
+            if (part->pack == NULL) {
+                items_release(&item, viewed == 0);
+                goto error;
+            }
+        }
+        /* The first part is sized for the whole rest of the request (the usual one-hour
+         * batch), the others for their share of it so far; all are trimmed at the end. */
+        Py_ssize_t hint = ps.n == 1 ? count - i : (count - i) / ps.n + 16;
+        int failed = part == NULL || part_append(part, &item, hint) < 0;
+        items_release(&item, viewed == 0);
+        if (failed) {
             PyErr_NoMemory();
             goto error;
         }
-        item->group = (uint32_t)p;
-        Part *part = &ps.parts[p];
-        part->n++;
-        part->bytes += (uint64_t)item->key.length[0] + item->key.length[1] + item->key.length[2];
     }
-    /* Offsets into an arena are 32 bits: a part with more name bytes is refused (a request
-     * body is far smaller under any sensible FLOWAGG_MAX_BODY_BYTES). */
-    for (uint32_t p = 0; p < ps.n; p++) {
-        Part *part = &ps.parts[p];
-        if (part->bytes > UINT32_MAX) {
-            PyErr_SetString(PyExc_ValueError, "a request holds more than 4 GiB of names");
-            goto error;
-        }
-        Pack *pack = (Pack *)Pack_new_empty();
-        if (pack == NULL) {
-            goto error;
-        }
-        part->pack = pack;
-        pack->items = PyMem_RawMalloc((size_t)part->n * sizeof(PackItem));
-        pack->arena = PyMem_RawMalloc(part->bytes > 0 ? part->bytes : 1);
-        if (pack->items == NULL || pack->arena == NULL) {
-            PyErr_NoMemory();
-            goto error;
-        }
-    }
-    /* Pass 2: copy every flow into its pack, in request order. */
-    for (Py_ssize_t i = 0; i < count; i++) {
-        const Item *item = &items[i];
-        Pack *pack = ps.parts[item->group].pack;
-        PackItem *out = &pack->items[pack->n++];
-        out->hour = item->hour;
-        out->count[0] = (uint64_t)item->count[0]; /* read_flow's counters are below 2**64 */
-        out->count[1] = (uint64_t)item->count[1];
-        for (int f = 0; f < 3; f++) {
-            out->offset[f] = (uint32_t)pack->arena_len;
-            out->length[f] = item->key.length[f];
-            memcpy(pack->arena + pack->arena_len, item->key.name[f], item->key.length[f]);
-            pack->arena_len += item->key.length[f];
-        }
-    }
-    items_release(items, read);
-    PyMem_RawFree(items);
-    items = NULL;
     /* The map is stale once sorted: not used after this point. */
     qsort(ps.parts, ps.n, sizeof(Part), part_order);
     for (uint32_t p = 0; p < ps.n; p++) {
+        Pack *pack = ps.parts[p].pack;
+        /* Give back the room never used: a pack may wait in a ring buffer for a while. */
+        if (ps.parts[p].cap > pack->n) {
+            PackItem *items = PyMem_RawRealloc(pack->items, pack->n * sizeof(PackItem));
+            pack->items = items != NULL ? items : pack->items;
+        }
+        if (ps.parts[p].arena_cap > pack->arena_len && pack->arena_len > 0) {
+            char *arena = PyMem_RawRealloc(pack->arena, pack->arena_len);
+            pack->arena = arena != NULL ? arena : pack->arena;
+        }
         PyObject *key = PyLong_FromUnsignedLongLong(ps.parts[p].index);
-        int failed = key == NULL || PyDict_SetItem(result, key, (PyObject *)ps.parts[p].pack) < 0;
+        int failed = key == NULL || PyDict_SetItem(result, key, (PyObject *)pack) < 0;
         Py_XDECREF(key);
         if (failed) {
             goto error;
@@ -328,10 +359,6 @@ table_pack(PyObject *Py_UNUSED(module), PyObject *args)
     parts_free(&ps); /* the dict holds the packs */
     return result;
 error:
-    if (items != NULL) {
-        items_release(items, read);
-        PyMem_RawFree(items);
-    }
     parts_free(&ps);
     Py_DECREF(result);
     return NULL;

@@ -25,7 +25,7 @@ layout_of(PyTypeObject *type, Layout *out)
             return;
         }
     }
-    Layout found = {.type = type};
+    Layout found = {.type = type, .all_slots = 1};
     for (int f = 0; f < N_FIELDS; f++) {
         found.offset[f] = -1;
         PyObject *descr = _PyType_Lookup(type, field_names[f]); /* borrowed */
@@ -35,6 +35,7 @@ layout_of(PyTypeObject *type, Layout *out)
                 found.offset[f] = member->offset;
             }
         }
+        found.all_slots &= found.offset[f] >= 0;
     }
     Layout *slot = &layouts[next_layout];
     next_layout = (next_layout + 1) % LAYOUTS;
@@ -185,17 +186,15 @@ items_release(Item *items, Py_ssize_t n)
     }
 }
 
-/* Fill `item` from a name string: keeps a reference, points at its UTF-8. */
+/* Point `item`'s name `f` at the UTF-8 of `value` (borrowed: the caller keeps it alive). */
 static int
-take_name(Item *item, int f, PyObject *value)
+view_name(Item *item, int f, PyObject *value)
 {
     if (!PyUnicode_Check(value)) {
         PyErr_Format(PyExc_TypeError, "%s must be a str, not %.100s", FIELD_NAMES[f],
                      Py_TYPE(value)->tp_name);
-        Py_DECREF(value);
         return -1;
     }
-    item->str[f] = value; /* owned by the item from here on, released by items_release */
     Py_ssize_t length;
     const char *bytes;
     if (PyUnicode_IS_COMPACT_ASCII(value)) { /* its characters are its UTF-8 */
@@ -203,7 +202,7 @@ take_name(Item *item, int f, PyObject *value)
         length = PyUnicode_GET_LENGTH(value);
     }
     else if ((bytes = PyUnicode_AsUTF8AndSize(value, &length)) == NULL) {
-        return -1;
+        return -1; /* the UTF-8 is cached in the string, so it lives as long as the string */
     }
     if ((size_t)length > MAX_NAME_LENGTH) {
         PyErr_Format(PyExc_ValueError, "%s is too long", FIELD_NAMES[f]);
@@ -212,6 +211,55 @@ take_name(Item *item, int f, PyObject *value)
     item->key.name[f] = bytes;
     item->key.length[f] = (uint32_t)length;
     return 0;
+}
+
+/* Fill `item` from a name string: keeps the reference it is given, points at its UTF-8. */
+static int
+take_name(Item *item, int f, PyObject *value)
+{
+    if (!PyUnicode_Check(value)) {
+        int failed = view_name(item, f, value); /* raises the TypeError */
+        Py_DECREF(value);
+        return failed;
+    }
+    item->str[f] = value; /* owned by the item from here on, released by items_release */
+    return view_name(item, f, value);
+}
+
+/* Read a counter or the hour field of a flow into `item`. */
+static inline int
+read_u64_field(int f, PyObject *value, Item *item)
+{
+    if (f == F_HOUR) {
+        return as_u64(value, FIELD_NAMES[f], &item->hour);
+    }
+    uint64_t count;
+    if (as_u64(value, FIELD_NAMES[f], &count) < 0) {
+        return -1;
+    }
+    item->count[f - F_TX] = count;
+    return 0;
+}
+
+int
+view_flow(PyObject *flow, Layout *current, Item *item)
+{
+    const Layout *layout = layout_for(flow, current);
+    if (!layout->all_slots) {
+        return 0;
+    }
+    for (int f = 0; f < N_FIELDS; f++) {
+        PyObject *value = *(PyObject **)((char *)flow + layout->offset[f]); /* borrowed */
+        if (value == NULL) {
+            PyErr_Format(PyExc_AttributeError, "flow record has no value for '%s'",
+                         FIELD_NAMES[f]);
+            return -1;
+        }
+        if (f <= F_VPC ? view_name(item, f, value) : read_u64_field(f, value, item)) {
+            return -1;
+        }
+    }
+    return 1;
 }
 
 /* Fill `item` from a flow record laid out as `layout` (a copy: the cache may change while
@@ -231,15 +279,7 @@ read_flow(PyObject *flow, Layout *current, Item *item)
         if (value == NULL) {
             return -1;
         }
-        int failed;
-        if (f == F_HOUR) {
-            failed = as_u64(value, FIELD_NAMES[f], &item->hour);
-        }
-        else {
-            uint64_t count;
-            failed = as_u64(value, FIELD_NAMES[f], &count);
-            item->count[f - F_TX] = count;
-        }
+        int failed = read_u64_field(f, value, item);
         Py_DECREF(value);
         if (failed) {
             return -1;

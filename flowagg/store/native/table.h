@@ -261,6 +261,27 @@ hour_add(Hour *h, uint32_t row, int column, u128 amount)
     }
 }
 
+/* Ask the cache for what hour_find(h, key, hash) reads first: the key's slot. */
+static inline void
+hour_prefetch_slot(const Hour *h, uint32_t hash)
+{
+    if (h->slots != NULL) {
+        __builtin_prefetch(&h->slots[hash & h->mask]);
+    }
+}
+
+/* ... and then, once the slot is at hand, the entry it points to if its hash bits match. */
+static inline void
+hour_prefetch_entry(const Hour *h, uint32_t hash)
+{
+    if (h->slots != NULL) {
+        const Slot *s = &h->slots[hash & h->mask];
+        if (s->index != SLOT_NONE && s->hash == hash) {
+            __builtin_prefetch(&h->entries[s->index - 1]);
+        }
+    }
+}
+
 Hour *hour_new(uint64_t hour);
 void hour_free(Hour *h);
 size_t hour_nbytes(const Hour *h);
@@ -283,6 +304,7 @@ extern const char *const FIELD_NAMES[N_FIELDS];
 typedef struct {
     PyTypeObject *type; /* strong reference; NULL while the cache entry is unused */
     Py_ssize_t offset[N_FIELDS];
+    int all_slots;      /* every offset is >= 0: fields can be read without running Python */
 } Layout;
 
 
@@ -309,6 +331,10 @@ item_init(Item *item)
 
 int records_init(void);
 int read_flow(PyObject *flow, Layout *current, Item *item);
+/* read_flow without references, for a record whose fields all sit in slots: the names point
+ * into strings the record keeps alive. 1 if read, 0 if the type needs read_flow (some field
+ * is read by getattr), -1 with an exception set. Runs no Python code. */
+int view_flow(PyObject *flow, Layout *current, Item *item);
 int read_row(PyObject *row, uint64_t hour, Item *item);
 void items_release(Item *items, Py_ssize_t n);
 int as_u64(PyObject *value, const char *what, uint64_t *out);

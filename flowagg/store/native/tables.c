@@ -269,6 +269,8 @@ batch_group(Batch *b)
     return 0;
 }
 
+#define PREFETCH_AHEAD 8
+
 /* Phase 1 without Python: hash and look up every key, total the counters per hour, and
  * reserve every byte phase 2 can need. Returns 0, or -1 for memory and -2 for a counter that
  * would pass 2**128; nothing the tables hold has changed then (only capacities). */
@@ -280,11 +282,31 @@ batch_prepare(HourTables *self, Batch *b)
     }
     for (Py_ssize_t i = 0; i < b->n; i++) {
         Item *item = &b->items[i];
+        if (item->group != SKIPPED) {
+            item->hash = short_hash(hash_key(&item->key));
+        }
+    }
+    /* Probing a table larger than the cache misses twice per flow (slot, entry): ask for the
+     * slot PREFETCH_AHEAD flows ahead and, half as far ahead, for the entry it names, so that
+     * the misses of several flows overlap instead of following one another. */
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        if (i + PREFETCH_AHEAD < b->n) {
+            const Item *ahead = &b->items[i + PREFETCH_AHEAD];
+            if (ahead->group != SKIPPED && b->groups[ahead->group].table != NULL) {
+                hour_prefetch_slot(b->groups[ahead->group].table, ahead->hash);
+            }
+        }
+        if (i + PREFETCH_AHEAD / 2 < b->n) {
+            const Item *ahead = &b->items[i + PREFETCH_AHEAD / 2];
+            if (ahead->group != SKIPPED && b->groups[ahead->group].table != NULL) {
+                hour_prefetch_entry(b->groups[ahead->group].table, ahead->hash);
+            }
+        }
+        Item *item = &b->items[i];
         if (item->group == SKIPPED) {
             continue;
         }
         Group *g = &b->groups[item->group];
-        item->hash = short_hash(hash_key(&item->key));
         item->row = g->table != NULL ? hour_find(g->table, &item->key, item->hash) : 0;
         if (item->row == 0) {
             g->fresh++;

@@ -184,8 +184,10 @@ def test_rooms_are_reserved_in_ascending_partition_order():
             order.append(i),
             f(n, timeout),
         )
-    store.ingest([F(hour=2), F(hour=1), F(hour=0), F(hour=5)])
+    parts = store.split([F(hour=2), F(hour=1), F(hour=0), F(hour=5)])
+    store.reserve(parts, timeout=0)  # the path of the durable store, and of a full buffer
     assert order == [0, 1, 2]
+    store.cancel(parts)
     assert store.close(WAIT_TIMEOUT)
 
 

@@ -2,8 +2,8 @@ import threading
 
 import pytest
 
-from flowagg.store.ringbuffer import Closed, Full, RingBuffer
-from tests.conftest import WAIT_TIMEOUT
+from flowagg.store.ringbuffer import Closed, Full, RingBuffer, put_all
+from tests.conftest import WAIT_TIMEOUT, wait_until
 
 
 def test_take_from_empty_returns_nothing_without_waiting():
@@ -272,3 +272,35 @@ def test_without_linger_a_take_returns_at_once():
     buf = RingBuffer(10)
     buf.put_many([1])
     assert buf.take_all(timeout=0, linger=0.0) == ([1], 1)
+
+
+def test_put_all_puts_every_part_at_once_or_nothing():
+    buffers = [RingBuffer(4), RingBuffer(4), RingBuffer(4)]
+    buffers[1].put_many([0, 0])
+    assert put_all(buffers, {2: [1], 0: [2, 3], 1: [4]}) == {0: 2, 1: 3, 2: 1}
+    assert put_all(buffers, {0: [5, 6], 1: [7, 8]}) is None  # buffer 1 holds 3 of 4: no room
+    assert [buf.take_all(0) for buf in buffers] == [([2, 3], 2), ([0, 0, 4], 3), ([1], 1)]
+    buffers[2].close()
+    with pytest.raises(Closed):
+        put_all(buffers, {0: [9], 2: [10]})
+    assert buffers[0].take_all(0) == ([], 2)  # nothing was put anywhere
+
+
+def test_put_all_leaves_room_to_producers_already_waiting():
+    buffers = [RingBuffer(2), RingBuffer(2)]
+    buffers[1].put_many([1, 2])
+    waiting = threading.Event()
+    result = []
+
+    def producer():
+        waiting.set()
+        result.append(buffers[1].put_many([3], timeout=WAIT_TIMEOUT))
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    assert waiting.wait(WAIT_TIMEOUT)
+    wait_until(lambda: buffers[1]._room_waiters == 1)  # the producer is inside its wait
+    assert put_all(buffers, {0: [9], 1: [4]}) is None  # full, and someone waits first
+    assert buffers[1].take_all(0) == ([1, 2], 2)
+    thread.join(WAIT_TIMEOUT)
+    assert result == [3]

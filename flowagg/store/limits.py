@@ -126,7 +126,7 @@ class KeyBudget:
 
         ``count()`` gives the exact new key-hours per partition (called only near the limit, by
         a caller that has first let everything pending be applied). The caller must then call
-        ``queued`` after putting each part, or ``cancel`` if it puts nothing.
+        ``queued`` once the parts are put, or ``cancel`` if it puts nothing.
         """
         estimate = {index: len(part) for index, part in parts.items()}
         with self._mutex:
@@ -142,15 +142,17 @@ class KeyBudget:
             self._admitted += new
             return exact
 
-    def queued(self, index: int, seq: int, estimate: int) -> None:
-        """A part admitted with ``estimate`` was put; its last flow has number ``seq``."""
+    def queued(self, seqs: dict[int, int], estimates: dict[int, int]) -> None:
+        """The parts of a request admitted with ``estimates`` were put; the last flow of the
+        part in partition i has number ``seqs[i]``."""
         with self._mutex:
-            self._admitted -= estimate
-            queue = self._queued[index]
-            queue.append((seq, estimate))
-            self._queued_total += estimate
-            if len(queue) >= RELEASE_AT:  # far from the limit, _fits releases nothing
-                self._release_applied()
+            for index, seq in seqs.items():
+                estimate = estimates[index]
+                self._admitted -= estimate
+                self._queued[index].append((seq, estimate))
+                self._queued_total += estimate
+                if len(self._queued[index]) >= RELEASE_AT:  # far from the limit, _fits
+                    self._release_applied()  # releases nothing
 
     def cancel(self, estimates: dict[int, int]) -> None:
         with self._mutex:

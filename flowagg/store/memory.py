@@ -36,7 +36,7 @@ from flowagg.store.base import (
 from flowagg.store.limits import KeyBudget, Window, check_names
 from flowagg.store.partition import DrainObserver, Partition
 from flowagg.store.ringbuffer import Closed as BufferClosed
-from flowagg.store.ringbuffer import Full, deadline_after, remaining, reserve_all
+from flowagg.store.ringbuffer import Full, deadline_after, put_all, remaining, reserve_all
 
 log = logging.getLogger("flowagg.store")
 
@@ -111,8 +111,10 @@ class PartitionedStore:
                 [(index, part)] = parts.items()
                 seqs = {index: self._put_one(index, part, timeout)}
             else:
-                self.reserve(parts, timeout)
-                seqs = self.put_reserved(parts)
+                seqs = self._put_all_now(parts)
+                if seqs is None:  # some buffer is short of room: wait for it, holding none
+                    self.reserve(parts, timeout)
+                    seqs = self.put_reserved(parts)
         except BaseException:
             self.cancel_keys(estimates)
             raise
@@ -151,8 +153,7 @@ class PartitionedStore:
 
     def queued_keys(self, seqs: dict[int, int], estimates: dict[int, int] | None) -> None:
         if estimates is not None:
-            for index, seq in seqs.items():
-                self.keys.queued(index, seq, estimates[index])
+            self.keys.queued(seqs, estimates)
 
     def cancel_keys(self, estimates: dict[int, int] | None) -> None:
         if estimates is not None:
@@ -167,6 +168,13 @@ class PartitionedStore:
             raise Overloaded(
                 f"partition {index} had no room for {len(part)} flows within {timeout} s"
             ) from None
+        except BufferClosed as exc:
+            raise Closed(str(exc)) from None
+
+    def _put_all_now(self, parts: dict[int, table.Pack]) -> dict[int, int] | None:
+        """Put every part now if every buffer has room (one step, no reservations), else None."""
+        try:
+            return put_all([p.buffer for p in self.partitions], parts)
         except BufferClosed as exc:
             raise Closed(str(exc)) from None
 

@@ -80,6 +80,36 @@ def reserve_all(
         raise
 
 
+def put_all(buffers: Sequence[RingBuffer], parts: dict[int, Sequence]) -> dict[int, int] | None:
+    """Put ``parts[i]`` into ``buffers[i]`` for every i at once if every one of them has room
+    now and no producer waits for room there; else put nothing and return None (the caller
+    then waits through ``reserve_all``). Returns each buffer's sequence number of its part's
+    last item. Raises ``Closed`` if one is closed.
+
+    Holds the buffers' mutexes together, taken in ascending index order (no other code holds
+    two), so the request's parts are put in one step, without reservations.
+    """
+    order = sorted(parts)
+    held: list[RingBuffer] = []
+    try:
+        for index in order:
+            buffer = buffers[index]
+            buffer._mutex.acquire()
+            held.append(buffer)
+            if buffer._closed:
+                raise Closed("buffer is closed")
+            if buffer._room_waiters or not buffer._fits(len(parts[index])):
+                return None
+        seqs = {}
+        for index in order:
+            buffers[index]._append(parts[index])
+            seqs[index] = buffers[index]._put_seq
+        return seqs
+    finally:
+        for buffer in held:
+            buffer._mutex.release()
+
+
 class RingBuffer(Generic[T]):
     def __init__(self, capacity: int) -> None:
         if capacity < 1:

@@ -11,13 +11,19 @@ one core, so these sums bound the ratios that ``make bench`` can show whatever t
 from __future__ import annotations
 
 import argparse
+import gc
+import io
+import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
+from flowagg import create_app
 from flowagg.schema import decode_flows, encode
 from flowagg.store.memory import PartitionedStore
 from flowagg.store.table import HourTables
-from loadtest import naive
+from loadtest import ceiling, naive
 from loadtest.drivers import batches, flow_json
 
 PARTITIONS = 8
@@ -27,6 +33,7 @@ def best_of(fn: Callable[[], object], repeats: int, number: int) -> float:
     """Seconds per call, the best of ``repeats`` runs of ``number`` calls."""
     best = float("inf")
     for _ in range(repeats):
+        gc.collect()  # no collection of an earlier stage's garbage inside this one
         started = time.perf_counter()
         for _ in range(number):
             fn()
@@ -104,6 +111,64 @@ def read_path(repeats: int) -> list[tuple[str, float]]:
     ]
 
 
+@contextmanager
+def stderr_discarded() -> Iterator[None]:
+    """Send file descriptor 2 (where the service's log thread writes) to /dev/null."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def app_path(repeats: int) -> list[tuple[str, float]]:
+    """Microseconds per one-flow POST through each server's whole WSGI app, called in process
+    on a prepared environ: no HTTP server, so what is left is the app's own work. The service
+    runs its default configuration, request lines included (its log thread writes them to
+    /dev/null here)."""
+    body = b"[" + flow_json(7, 100, 1, 2) + b"]"
+
+    def environ() -> dict:
+        return {
+            "REQUEST_METHOD": "POST", "PATH_INFO": "/flows", "SCRIPT_NAME": "",
+            "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080",
+            "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1",
+            "HTTP_HOST": "127.0.0.1:8080", "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
+            "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr, "wsgi.multithread": True,
+            "wsgi.multiprocess": False, "wsgi.run_once": False,
+        }  # fmt: skip
+
+    def post(app: Callable) -> Callable[[], None]:
+        def call() -> None:
+            statuses = []
+            answer = app(environ(), lambda status, headers, exc_info=None: statuses.append(status))
+            b"".join(answer)
+            getattr(answer, "close", lambda: None)()
+            if statuses != ["200 OK"]:
+                raise RuntimeError(f"POST through the app answered {statuses}")
+
+        return call
+
+    with stderr_discarded():
+        service = create_app()
+        try:
+            apps = [("service", service), ("ceiling", ceiling.create_app()),
+                    ("naive", naive.create_app())]  # fmt: skip
+            return [
+                (f"{name}: the whole app", best_of(post(app), repeats, 2000) * 1e6)
+                for name, app in apps
+            ]
+        finally:
+            service.extensions["flowagg"].close(5.0)
+
+
 def targets(figures: dict[str, list[tuple[str, float]]]) -> list[tuple[str, str, str, str]]:
     rows = []
     for title in ("24 hours", "1 hour"):
@@ -136,6 +201,7 @@ def main() -> None:
         ),
         "POST of 1,000 flows over 1 hour, 5,000 keys per hour": write_path(1, 5000, args.repeats),
         "GET of a 10,000-key hour": read_path(args.repeats),
+        "POST of 1 flow through the WSGI app": app_path(args.repeats),
     }
     for title, stages in figures.items():
         print(f"\n{title}\n")

@@ -412,7 +412,8 @@ def test_merging_packs_agrees_with_the_model(batches, n):
 def test_a_pack_counts_new_keys_as_its_flows_would():
     tables = HourTables()
     tables.merge([Flow("a", "b", "v", 1, 1, 1)])
-    batch = [Flow("a", "b", "v", 1, 1, 1), Flow("x", "b", "v", 1, 1, 1), Flow("x", "b", "v", 1, 1, 2)]
+    batch = [Flow("a", "b", "v", 1, 1, h) for h in (1, 1, 2)]
+    batch[1].src_app = batch[2].src_app = "x"
     assert tables.count_new(list(pack(batch, 1).values())) == tables.count_new(batch) == 2
 
 

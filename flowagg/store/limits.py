@@ -119,9 +119,7 @@ class KeyBudget:
         self._queued: list[deque[tuple[int, int]]] = [deque() for _ in applied]
         self._queued_total = 0
 
-    def admit(
-        self, parts: dict[int, Sized], count: Callable[[], dict[int, int]]
-    ) -> dict[int, int]:
+    def admit(self, parts: dict[int, Sized], count: Callable[[], dict[int, int]]) -> dict[int, int]:
         """Estimates per partition for a request split as ``parts``, or raise ``KeyLimit``.
 
         ``count()`` gives the exact new key-hours per partition (called only near the limit, by

@@ -263,6 +263,15 @@ def test_other_record_types_are_read_by_their_attributes():
     tables.merge([Slotted("a", "b", "v", 1, 2, 1), Plain("a", "b", "v", 3, 4, 1)])
     tables.merge([Logged("a", "b", "v", 5, 6, 1), Flow("a", "b", "v", 7, 8, 1)])
     assert tables.rows(1) == [("a", "b", "v", 16, 20)]
+    # pack reads slots without references and the others by getattr, in one list
+    mixed = [
+        Plain("é", "b", "v", 1, 2, 1),
+        Flow("a", "b", "v", 3, 4, 1),
+        Slotted("a", "", "v", 5, 6, 2),
+    ]
+    assert [r for p in pack(mixed, 2).values() for r in p.records()] == [
+        ("a", "", "v", 5, 6, 2), ("é", "b", "v", 1, 2, 1), ("a", "b", "v", 3, 4, 1),
+    ]  # fmt: skip
 
 
 def test_merging_holds_no_reference_after_it_returns():

@@ -221,9 +221,9 @@ part_of(Parts *ps, uint64_t index)
     return ps->last = p;
 }
 
-/* Append `item` to `part`'s pack, growing it by half when full; -1 without memory (or with a
- * part of more than 4 GiB of names, which 32-bit offsets cannot address: a request body is
- * far smaller under any sensible FLOWAGG_MAX_BODY_BYTES). */
+/* Append `item` to `part`'s pack, growing it by half when full; -1 without memory, -2 for a
+ * part of more than 4 GiB of names, which 32-bit offsets cannot address (a request body is far
+ * smaller under any sensible FLOWAGG_MAX_BODY_BYTES). No exception set. */
 static int
 part_append(Part *part, const Item *item, Py_ssize_t hint)
 {
@@ -241,7 +241,7 @@ part_append(Part *part, const Item *item, Py_ssize_t hint)
     if (pack->arena_len + bytes > part->arena_cap) {
         size_t need = pack->arena_len + bytes;
         if (need > UINT32_MAX) {
-            return -1;
+            return -2;
         }
         /* First sized as if the part's flows had names as long as this one's, then by half. */
         size_t cap = part->arena_cap > 0 ? part->arena_cap + part->arena_cap / 2
@@ -329,9 +329,13 @@ table_pack(PyObject *Py_UNUSED(module), PyObject *args)
         /* The first part is sized for the whole rest of the request (the usual one-hour
          * batch), the others for their share of it so far; all are trimmed at the end. */
         Py_ssize_t hint = ps.n == 1 ? count - i : (count - i) / ps.n + 16;
-        int failed = part == NULL || part_append(part, &item, hint) < 0;
+        int status = part == NULL ? -1 : part_append(part, &item, hint);
         items_release(&item, viewed == 0);
-        if (failed) {
+        if (status == -2) {
+            PyErr_SetString(PyExc_ValueError, "a request holds more than 4 GiB of names");
+            goto error;
+        }
+        if (status < 0) {
             PyErr_NoMemory();
             goto error;
         }

@@ -1,7 +1,7 @@
 # Two commands on a fresh machine with Python 3.11 and make:
 #   make run    set up .venv if missing, serve on $(HOST):$(PORT) with waitress
 #   make test   set up .venv if missing, run the whole test suite
-#   make bench  the service against its baselines (about 12 minutes; BENCH_ARGS=--quick: about 4)
+#   make bench  the service against its baselines (BENCH_ARGS=--quick: one short round)
 #   make check-native   the native tables' tests under AddressSanitizer and UBSan
 PYTHON ?= python3
 VENV := .venv

@@ -28,6 +28,7 @@ def test_the_stage_benchmark_runs_and_reports_every_stage():
         assert f"\n{title}\n" in proc.stdout
     for stage in (
         "service: pack, and merge into every partition's tables",
+        "service: decode, ingest into a running store, drained (threads)",
         "service: the JSON answer, encoded from the tables",
         "service: the whole app",
         "ceiling: the whole app",

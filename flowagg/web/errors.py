@@ -25,6 +25,7 @@ from flowagg.store.base import (
     Unreachable,
 )
 from flowagg.web.context import get_metrics
+from flowagg.web.encoding import CorruptBody, TooLarge, UnsupportedEncoding
 
 log = logging.getLogger("flowagg.api")
 
@@ -59,6 +60,26 @@ def _reject(reason: str) -> None:
 def on_invalid_body(exc: Exception) -> Response:
     _reject("expired" if isinstance(exc, Expired) else "invalid")
     return error(400, str(exc))
+
+
+@bp.app_errorhandler(CorruptBody)
+def on_corrupt_body(exc: CorruptBody) -> Response:
+    _reject("invalid")
+    return error(400, str(exc))
+
+
+@bp.app_errorhandler(TooLarge)
+def on_too_large_decompressed(exc: TooLarge) -> Response:
+    _reject("too_large")
+    return error(413, str(exc))
+
+
+@bp.app_errorhandler(UnsupportedEncoding)
+def on_unsupported_encoding(exc: UnsupportedEncoding) -> Response:
+    _reject("invalid")
+    response = error(415, str(exc))
+    response.headers["Accept-Encoding"] = "gzip, identity"  # RFC 7694
+    return response
 
 
 @bp.app_errorhandler(KeyLimit)

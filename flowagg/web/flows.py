@@ -10,12 +10,17 @@ from flask import Blueprint, Response, current_app, request
 from flowagg.schema import INT64_MAX, decode_flows
 from flowagg.store.base import MAX_KEY_LENGTH
 from flowagg.web.context import get_metrics, get_store
+from flowagg.web.encoding import coding, read_body
 from flowagg.web.errors import BadRequest, json_response
 from flowagg.web.formats import csv_response, negotiated, shown, wants_csv
 from flowagg.web.guard import TOKEN
 from flowagg.web.requestlog import note_accepted
 
 bp = Blueprint("flows", __name__)
+
+# On every 200 to POST /flows and on GET /healthz: seconds an Idempotency-Key is kept after its
+# request was applied; 0 when keys are not kept (in memory), where a retry may count twice.
+WINDOW_HEADER = "Flowagg-Idempotency-Window"
 
 _HOUR = re.compile(r"[0-9]+")
 _IDEMPOTENCY_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
@@ -35,8 +40,12 @@ def post_flows() -> Response:
     token = environ.get(TOKEN)
     if key is not None and token is not None:  # one client's keys never meet another's
         key = f"{token}/{key}"
-    flows = decode_flows(request.get_data(cache=False))
     app = current_app._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+    if coding(environ.get("HTTP_CONTENT_ENCODING")) is None:  # 415 before any byte is read
+        body = request.get_data(cache=False)
+    else:  # gzip: the decompressed size is bounded while decompressing
+        body = read_body(request.stream, "gzip", app.config["FLOWAGG_MAX_BODY_BYTES"])
+    flows = decode_flows(body)
     accepted = get_store(app).ingest(
         flows, timeout=app.config["FLOWAGG_ENQUEUE_TIMEOUT_MS"] / 1000, idempotency_key=key
     )
@@ -44,7 +53,9 @@ def post_flows() -> Response:
     metrics.requests_accepted.inc()
     metrics.flows_accepted.inc(accepted)
     note_accepted(accepted, environ)
-    return json_response({"accepted": accepted})
+    response = json_response({"accepted": accepted})
+    response.headers[WINDOW_HEADER] = str(app.extensions["flowagg.idempotency_window"])
+    return response
 
 
 @bp.get("/flows")

@@ -281,6 +281,8 @@ SETTINGS = (
 )
 
 DEFAULTS = {s.name: s.default for s in SETTINGS}
+# Variables of the client side (flowagg ship), which may be set where the server starts too.
+CLIENT_ONLY = frozenset({"FLOWAGG_TOKEN"})
 
 
 def resolve(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> dict:
@@ -292,7 +294,9 @@ def resolve(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = No
     for name, raw in (overrides or {}).items():
         setting = next((s for s in SETTINGS if s.name == name), None)
         values[name] = raw if setting is None else _parse(setting, raw)
-    unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in DEFAULTS)
+    unknown = sorted(
+        k for k in environ if k.startswith(PREFIX) and k not in DEFAULTS and k not in CLIENT_ONLY
+    )
     if unknown:
         raise ConfigError(f"unknown setting {unknown[0]} (known: {', '.join(DEFAULTS)})")
     if values.get("FLOWAGG_REDIS_URL") and values.get("FLOWAGG_DATA_DIR"):

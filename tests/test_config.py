@@ -146,3 +146,8 @@ def test_data_dir_that_is_a_file_is_refused(tmp_path):
     path.write_text("")
     with pytest.raises(ConfigError, match="FLOWAGG_DATA_DIR=.*: exists and is not a directory"):
         resolve({"FLOWAGG_DATA_DIR": str(path)})
+
+
+def test_the_shippers_token_variable_does_not_stop_the_server():
+    # FLOWAGG_TOKEN is read by flowagg ship; a shell that exports it may start the server too.
+    assert resolve({"FLOWAGG_TOKEN": "secret"}) == resolve({})

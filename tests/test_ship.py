@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import WAIT_TIMEOUT
 from tests.serverproc import ROOT, WAITRESS, ServerProcess
-from tests.vpclogs import CUSTOM, DEFAULT, MAP, Model, make_lines, served, write
+from tests.vpclogs import BASE_TIME, CUSTOM, DEFAULT, MAP, Model, make_lines, served, write
 
 SHIP = [sys.executable, "-m", "flowagg", "ship"]
 
@@ -96,7 +96,7 @@ def test_sigkill_at_random_moments_ships_each_record_once(server, logs):
     args = ["--map", "map.txt", "--batch", "5", "a.log", "b.log.gz"]
     state = cwd / "flowagg-ship.state"
     midway = 0
-    for kill in range(6):
+    for _ in range(6):
         proc = start_ship(cwd, server.port, *args)
         time.sleep(rng.uniform(0.2, 2.0))
         proc.kill()
@@ -250,10 +250,10 @@ def test_a_400_stops_the_shipper_naming_the_file_and_lines(tmp_path):
     try:
         (tmp_path / "map.txt").write_text("10.1.0.0/16 web\n10.2.0.0/16 a-very-long-name\n")
         lines = [
-            f"2 1 eni 10.1.0.{i % 200} 52.1.1.1 40000 443 6 1 {i + 1} {1_733_200_000 + i} 1 ACCEPT OK"
+            f"2 1 eni 10.1.0.{i % 200} 52.1.1.1 40000 443 6 1 {i + 1} {BASE_TIME + i} 1 ACCEPT OK"
             for i in range(550)
         ]
-        lines += [f"2 1 eni 10.2.0.1 52.1.1.1 40000 443 6 1 7 {1_733_200_000} 1 ACCEPT OK"] * 50
+        lines += [f"2 1 eni 10.2.0.1 52.1.1.1 40000 443 6 1 7 {BASE_TIME} 1 ACCEPT OK"] * 50
         write(tmp_path / "flows.log", lines)
         done = ship(tmp_path, server.port, "--map", "map.txt", "--batch", "100", "flows.log")
         assert done.returncode == 1, done.stderr

@@ -24,13 +24,10 @@ MAP = """\
 V4 = ["10.9.0.1", "10.1.7.7", "10.1.2.9", "10.1.2.3", "10.200.3.4"]
 V6 = ["2600:1f18::5", "2600:1f18:1::9", "2600:1f18:1:2::1"]
 EXTERNAL = ["52.94.1.10", "8.8.8.8", "2a00:1450::1"]
-DEFAULT = (
-    "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes"
-    " start end action log-status"
-).split()
-CUSTOM = (
-    "version vpc-id srcaddr dstaddr srcport dstport protocol bytes start end action log-status"
-).split()
+_V2 = "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes"
+DEFAULT = f"{_V2} start end action log-status".split(" ")
+_V5 = "version vpc-id srcaddr dstaddr srcport dstport protocol bytes start end action log-status"
+CUSTOM = _V5.split(" ")
 
 
 def record(rng: random.Random, i: int, fields: list[str], hours: int = 3) -> str:
@@ -101,9 +98,9 @@ class Model:
         ip = ipaddress.ip_address(address)
         best = None
         for network, name in self.prefixes:
-            if ip.version == network.version and ip in network:
-                if best is None or network.prefixlen > best[0].prefixlen:
-                    best = (network, name)
+            inside = ip.version == network.version and ip in network
+            if inside and (best is None or network.prefixlen > best[0].prefixlen):
+                best = (network, name)
         return self.unmapped if best is None else best[1]
 
     def add_text(self, text: str, include_rejected: bool = False) -> None:

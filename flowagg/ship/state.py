@@ -94,9 +94,17 @@ class State:
             self._lock.close()
             raise StateError(f"{self.path} is in use by another flowagg ship") from None
         try:
+            self._load()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _load(self) -> None:
+        try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            return self
+            return
         except OSError as exc:
             raise StateError(f"{self.path}: {exc}") from None
         try:
@@ -110,7 +118,6 @@ class State:
                 f" flowagg ship reads version {VERSION}"
             )
         self.files = document["files"]
-        return self
 
     def close(self) -> None:
         if self._lock is not None:

@@ -277,3 +277,27 @@ def test_the_progress_bar_on_a_terminal():
     progress.close()
     text = stream.getvalue()
     assert "flowagg ship:  50%" in text and "records/s" in text and "a message" in text
+
+
+def test_crlf_line_ends_and_the_last_line_of_a_gz_file(tmp_path):
+    from flowagg.ship.records import DEFAULT_FIELDS
+    from flowagg.ship.source import Source
+
+    lines = [v2("10.1.0.5", "10.1.2.3", 40000, 5432, n) for n in (1, 2, 3)]
+    (tmp_path / "crlf.log").write_bytes("".join(f"{line}\r\n" for line in lines).encode())
+    with gzip.open(tmp_path / "last.log.gz", "wb") as file:
+        file.write("\n".join(lines).encode())  # no newline after the last line
+    for name, expected_end in [("crlf.log", sum(len(x) + 2 for x in lines)), ("last.log.gz", None)]:
+        source = Source(str(tmp_path / name))
+        source.start(DEFAULT_FIELDS, 0)
+        read, agg, counts = [], {}, Counts()
+        parser = Parser(source.fmt, Networks(NETWORKS), counts, name)
+        while chunk := source.read()[0]:
+            read += chunk
+            parser.parse(chunk, 0, len(chunk), 100, 1, agg, None if source.crlf else b" ")
+        assert agg == {("web", "db", "unknown", 2): [6, 0]}, name
+        assert counts.records == 3 and source.unterminated == 0
+        assert source.finished == name.endswith(".gz")
+        if expected_end is not None:
+            assert source.offset == expected_end
+        source.close()

@@ -52,6 +52,7 @@ def follow(
                     current[path] = tail = None
                 elif tail is not None and tail.source.truncated():
                     shipper.send(tail)  # the lines read before it was cut
+                    shipper.drain()  # its offset as shipped, before it is opened again
                     tail.source.close()
                     current[path] = tail = None
                 if tail is None and stat is not None:
@@ -89,5 +90,4 @@ def _step(shipper: Shipper, tail: Tail, now: float, flush_interval: float) -> No
     if batch.end > batch.start and now - batch.born >= flush_interval:
         shipper.send(tail)
     if tail.source.finished and not tail.entry["complete"] and tail.batch.end == batch.end:
-        tail.entry["complete"] = True  # a .gz file: not read again
-        shipper.state.dirty = True
+        shipper.complete(tail)  # a .gz file: not read again

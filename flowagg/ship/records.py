@@ -93,9 +93,19 @@ class Parser:
         self.include_rejected = include_rejected
         self.vpcs: dict[bytes, str] = {b"-": vpc_id}
 
-    def parse(self, lines: list[bytes], lo: int, hi: int, want: int, line0: int, agg: dict):
+    def parse(
+        self,
+        lines: list[bytes],
+        lo: int,
+        hi: int,
+        want: int,
+        line0: int,
+        agg: dict,
+        sep: bytes | None = b" ",
+    ):
         """Read ``lines[lo:hi]`` (``lines[lo]`` is line number ``line0``) until ``want`` records
-        became flows; returns (index after the last line read, flows taken)."""
+        became flows; returns (index after the last line read, flows taken). Fields are split
+        at single spaces, or at any whitespace with ``sep=None`` (lines that end in CRLF)."""
         fmt = self.fmt
         nfields = len(fmt.fields)
         isrc, idst = fmt.index("srcaddr"), fmt.index("dstaddr")
@@ -113,10 +123,10 @@ class Parser:
         blank = 0
         i = lo
         while i < hi and taken < want:
-            f = lines[i].split()
+            f = lines[i].split(sep)
             i += 1
             if len(f) != nfields:
-                if not f:
+                if not f or f == [b""]:
                     blank += 1
                 else:
                     self._bad(i - 1 - lo + line0, lines[i - 1], f"{len(f)} fields, not {nfields}")

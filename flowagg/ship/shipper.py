@@ -2,9 +2,10 @@
 
 A batch is a byte range [start, end) of one file's text, ending after a newline. Before it is
 sent, the state file records it as in flight with its Idempotency-Key (fsynced); once the
-server has answered 200, the file's offset moves to ``end``. A crash at any point leaves either
-the batch before (sent again under the same key: applied once where keys are kept) or this one
-in flight (sent again, the same), never a range shipped under two keys or skipped.
+server has answered 200, the file's offset moves to ``end`` (``sender.py`` does both, on its
+own thread, while the next batch is read here). A crash at any point leaves either the batch
+before in flight (sent again under the same key: applied once where keys are kept) or this
+one (the same), never a range shipped under two keys or skipped.
 """
 
 from __future__ import annotations
@@ -12,16 +13,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from flowagg.client import Client, ConnectionFailed, FlowaggError, KeyReused, ServerError
-from flowagg.schema import INT64_MAX, Flow
+from flowagg.client import Client
 from flowagg.ship.networks import Networks
 from flowagg.ship.records import Counts, Parser
+from flowagg.ship.sender import Job, Sender, Stop
 from flowagg.ship.source import Source
 from flowagg.ship.state import State, batch_key
 
-
-class Stop(Exception):
-    """The server refused a batch, or could not be reached in time: ship no further."""
+__all__ = ["Settings", "Shipper", "Stop", "Tail", "Totals"]
 
 
 @dataclass
@@ -72,17 +71,6 @@ class Tail:
         return self.source.path
 
 
-def flows_of(agg: dict) -> list[Flow]:
-    flows = []
-    for (src, dest, vpc, hour), (tx, rx) in agg.items():
-        while tx > INT64_MAX or rx > INT64_MAX:  # one record holds at most 2^63-1 per counter
-            part_tx, part_rx = min(tx, INT64_MAX), min(rx, INT64_MAX)
-            flows.append(Flow(src, dest, vpc, part_tx, part_rx, hour))
-            tx, rx = tx - part_tx, rx - part_rx
-        flows.append(Flow(src, dest, vpc, tx, rx, hour))
-    return flows
-
-
 class Shipper:
     def __init__(self, client: Client, state: State, settings: Settings, log) -> None:
         self.client = client
@@ -91,6 +79,7 @@ class Shipper:
         self.log = log  # log(message): a line for the person running it
         self.totals = Totals()
         self.on_read = lambda tail: None  # called after each chunk read (progress)
+        self.sender = Sender(client, state, self.totals)
 
     def open(self, path: str) -> Tail | None:
         """Start (or resume) shipping ``path``; None for an empty file or a finished one."""
@@ -105,6 +94,10 @@ class Shipper:
         if source.identity is None:
             source.close()
             return None
+        with self.state.lock:  # the sender moves offsets meanwhile
+            return self._start(source)
+
+    def _start(self, source: Source) -> Tail | None:
         entry = self.state.matches(source.raw, source.stat)
         if entry is not None and not source.gz and entry["offset"] > source.stat.st_size:
             entry = None  # cut shorter than what was shipped (copytruncate): a new generation
@@ -166,8 +159,9 @@ class Shipper:
             if batch.flows_in == 0 and batch.end == batch.start:
                 batch.born = time.monotonic()
             lo = tail.index
+            sep = None if tail.source.crlf else b" "
             tail.index, taken = tail.parser.parse(
-                tail.lines, lo, hi, want, batch.next_line, batch.agg
+                tail.lines, lo, hi, want, batch.next_line, batch.agg, sep
             )
             used = sum(map(len, tail.lines[lo : tail.index])) + tail.index - lo
             tail.offset += used
@@ -181,60 +175,36 @@ class Shipper:
                 self.send(tail)
 
     def send(self, tail: Tail, key: str | None = None) -> None:
-        """Send the file's batch (if it holds flows) and move the file's offset past it."""
+        """Hand the file's batch to the sender (which moves the file's offset past it once
+        delivered) and start the next."""
         batch, entry = tail.batch, tail.entry
         if batch.end == batch.start:
             return
-        if batch.agg:
-            identity = tail.source.identity
-            key = key or batch_key(identity, entry["generation"], batch.start, batch.end)
-            flight = {
-                "start": batch.start,
-                "end": batch.end,
-                "first_line": batch.first_line,
-                "last_line": batch.next_line - 1,
-                "key": key,
-                "at": time.time(),
-            }
-            entry["in_flight"] = flight
-            self.state.save()
-            flows = flows_of(batch.agg)
-            try:
-                self.client.post(flows, key)
-            except KeyReused as exc:
-                raise Stop(
-                    f"{tail.path}, lines {_lines(flight)}: refused by the server: {exc.message}."
-                    " These lines were shipped before under this key with other settings (--map,"
-                    " --unmapped, --vpc-id, --include-rejected): use those again"
-                ) from None
-            except ServerError as exc:
-                if exc.status not in (502, 503, 504):  # refused: nothing of it was applied
-                    entry["in_flight"] = None
-                    self.state.save()
-                raise Stop(
-                    f"{tail.path}, lines {_lines(flight)}: refused by the server ({exc.status}):"
-                    f" {exc.message}"
-                ) from None
-            except ConnectionFailed as exc:
-                raise Stop(
-                    f"{tail.path}, lines {_lines(flight)}: {exc}; they are in flight and are sent"
-                    " again by the next run"
-                ) from None
-            except FlowaggError as exc:
-                raise Stop(f"{tail.path}, lines {_lines(flight)}: {exc}") from None
-            self.totals.posts += 1
-            self.totals.flows += len(flows)
-        entry["offset"], entry["line"], entry["in_flight"] = batch.end, batch.next_line, None
-        self.state.dirty = True
+        identity = tail.source.identity
+        key = key or batch_key(identity, entry["generation"], batch.start, batch.end)
+        job = Job(tail.path, entry, batch.start, batch.end, batch.first_line, batch.next_line,
+                  batch.agg, key)  # fmt: skip
         tail.batch = Batch(batch.end, batch.next_line)
+        self.sender.submit(job)
 
-    def finish(self, tail: Tail) -> None:
-        """The end of a run over ``tail``: send what its batch holds; a finished .gz file is
-        marked complete, and is not read again."""
-        self.send(tail)
-        if tail.source.finished:
+    def drain(self) -> None:
+        """Wait until every batch handed over was delivered."""
+        self.sender.drain()
+
+    def complete(self, tail: Tail) -> None:
+        """Mark a .gz file read to its end, once all of it was delivered: it is not read
+        again."""
+        self.drain()
+        with self.state.lock:
             tail.entry["complete"] = True
             self.state.dirty = True
+
+    def finish(self, tail: Tail) -> None:
+        """The end of a run over ``tail``: send what its batch holds and wait for delivery."""
+        self.send(tail)
+        if tail.source.finished:
+            self.complete(tail)
+        self.drain()
         if tail.source.unterminated:
             self.log(
                 f"{tail.path}: line {tail.batch.next_line} has no newline yet; it is shipped"
@@ -251,5 +221,5 @@ def _cut(lines: list[bytes], index: int, offset: int, until: int) -> int:
     return index
 
 
-def _lines(flight: dict) -> str:
+def _lines(flight: dict) -> str:  # of an in-flight record of the state file
     return f"{flight['first_line']}-{flight['last_line']}"

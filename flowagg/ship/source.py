@@ -71,6 +71,7 @@ class Source:
         self.offset = 0  # offset of the first byte not yet handed out in a line
         self._tail = b""  # bytes after the last newline read (offset .. offset + len)
         self.fmt: Format | None = None
+        self.crlf = False  # the lines read last hold a carriage return
         self.header_end = 0  # offset of the first record
 
     def close(self) -> None:
@@ -135,6 +136,7 @@ class Source:
                 text, self._tail = self._tail[:last], self._tail[last + 1 :]
                 start = self.offset
                 self.offset += last + 1
+                self.crlf = b"\r" in text  # CRLF line ends: fields are split at any space
                 return text.split(b"\n"), start
             if len(self._tail) > LINE_MAX:
                 raise SourceError(f"a line longer than {LINE_MAX} bytes: not a flow log")

@@ -25,6 +25,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +83,11 @@ class State:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.files: dict[str, dict[str, Any]] = {}
-        self._lock = None
-        self.dirty = False
+        self._lock = None  # the lock file, held while open
+        # Guards ``files`` (and its entries) and ``dirty`` between the reading thread and the
+        # sender; ``save`` takes it.
+        self.lock = threading.RLock()
+        self.dirty = False  # changed since the last save
 
     def open(self) -> State:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -152,6 +156,10 @@ class State:
 
     def save(self) -> None:
         """Replace the file with the current state, durably (fsync of file and directory)."""
+        with self.lock:
+            self._save()
+
+    def _save(self) -> None:
         now = time.time()
         self.files = {
             name: entry

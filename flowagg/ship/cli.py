@@ -124,9 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     except FlowaggError as exc:
         log(f"{PROG}: stopped: {exc}")
         status = 1
+    except OSError as exc:  # the state file cannot be written
+        log(f"{PROG}: stopped: {exc}")
+        status = 1
     finally:
-        if state.dirty:
-            state.save()
+        try:
+            if state.dirty:
+                state.save()
+        except OSError as exc:
+            log(f"{PROG}: cannot save {args.state}: {exc}")
+            status = 1
         state.close()
         client.close()
         progress.close()
@@ -142,15 +149,19 @@ def _once(shipper: Shipper, paths: list[str], progress: Progress) -> int:
         shipper.on_read = lambda tail, before=done: progress.update(
             before + tail.source.disk_position(), shipper.totals
         )
+        tail = None
         try:
             tail = shipper.open(path)
             if tail is not None:
                 shipper.pump(tail)
                 shipper.finish(tail)
         except (SourceError, FormatError, OSError) as exc:
-            progress.log(f"{PROG}: {path}: {exc}; skipped")
+            progress.log(f"{PROG}: {path}: {exc}; the rest of it is not shipped")
             status = 1
+            if tail is not None:
+                tail.source.close()
         done += size
+        shipper.drain()
         if shipper.state.dirty:
             shipper.state.save()
     return status

@@ -315,3 +315,31 @@ def test_gzip_is_what_the_shipper_sends_unless_told(server, tmp_path):
     done = ship(tmp_path, server.port, "--no-compress", "x.log.gz")
     assert done.returncode == 0, done.stderr
     assert served(server, model.hours()) == model.expected()
+
+
+@pytest.mark.parametrize("store", ["data dir", "redis", "memory"])
+def test_a_run_that_lost_its_state_resends_under_the_same_keys(tmp_path, logs, redis_node, store):
+    """Keys come from the file and the byte range alone: a run from scratch (state file lost)
+    cuts the same batches and sends them under the same keys, which a server that keeps keys
+    applies once; the in-memory store counts them twice, as the shipper warned."""
+    cwd, model = logs
+    env = {}
+    if store == "redis":
+        redis_node.client().flushall()
+        env = {"FLOWAGG_REDIS_URL": f"redis://{redis_node.address}"}
+    elif store == "data dir":
+        env = {"FLOWAGG_DATA_DIR": str(tmp_path / "data")}
+    server = ServerProcess([*WAITRESS, "wsgi:app"], env).wait_serving()
+    try:
+        for _ in range(2):
+            done = ship(cwd, server.port, "--map", "map.txt", "--batch", "700", "a.log", "b.log.gz")
+            assert done.returncode == 0, done.stderr
+            (cwd / "flowagg-ship.state").unlink()
+        kept = store != "memory"
+        assert ("delivery is exactly once" in done.stderr) == kept
+        expected = model.expected()
+        if not kept:
+            expected = {key: (2 * tx, 2 * rx) for key, (tx, rx) in expected.items()}
+        assert served(server, model.hours()) == expected
+    finally:
+        server.stop()

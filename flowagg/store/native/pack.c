@@ -70,7 +70,7 @@ Pack_records(Pack *self, PyObject *Py_UNUSED(ignored))
         PyList_SET_ITEM(list, i, record);
         for (int f = 0; f < 3; f++) {
             /* The bytes came from a str's UTF-8, so they decode. */
-            PyObject *name = PyUnicode_DecodeUTF8(self->arena + item->offset[f],
+            PyObject *name = PyUnicode_DecodeUTF8(self->arena + item->offset[f], /* never NULL */
                                                   item->length[f], "surrogatepass");
             if (name == NULL) {
                 Py_DECREF(list);
@@ -238,14 +238,14 @@ part_append(Part *part, const Item *item, Py_ssize_t hint)
         part->cap = (Py_ssize_t)cap;
     }
     size_t bytes = (size_t)item->key.length[0] + item->key.length[1] + item->key.length[2];
-    if (pack->arena_len + bytes > part->arena_cap) {
+    if (pack->arena == NULL || pack->arena_len + bytes > part->arena_cap) {
         size_t need = pack->arena_len + bytes;
         if (need > UINT32_MAX) {
             return -2;
         }
-        /* First sized as if the part's flows had names as long as this one's, then by half. */
-        size_t cap = part->arena_cap > 0 ? part->arena_cap + part->arena_cap / 2
-                                         : bytes * (size_t)(hint > 0 ? hint : 1);
+        /* Grown by half from what the part holds, never sized from the request's length: one
+         * long name followed by many short ones must not reserve long names for all. */
+        size_t cap = part->arena_cap + part->arena_cap / 2;
         cap = cap < need ? need : cap;
         cap = cap < 256 ? 256 : cap;
         cap = cap > UINT32_MAX ? need : cap;
@@ -263,7 +263,9 @@ part_append(Part *part, const Item *item, Py_ssize_t hint)
     for (int f = 0; f < 3; f++) {
         out->offset[f] = (uint32_t)pack->arena_len;
         out->length[f] = item->key.length[f];
-        memcpy(pack->arena + pack->arena_len, item->key.name[f], item->key.length[f]);
+        if (item->key.length[f] > 0) {
+            memcpy(pack->arena + pack->arena_len, item->key.name[f], item->key.length[f]);
+        }
         pack->arena_len += item->key.length[f];
     }
     return 0;

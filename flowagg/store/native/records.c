@@ -20,18 +20,27 @@ static void
 layout_of(PyTypeObject *type, Layout *out)
 {
     for (int i = 0; i < LAYOUTS; i++) {
-        if (layouts[i].type == type) {
+        if (layouts[i].type == type && layouts[i].version == type->tp_version_tag
+            && (type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
             *out = layouts[i];
             return;
         }
     }
-    Layout found = {.type = type, .all_slots = 1};
+    Layout found = {.type = type, .version = type->tp_version_tag, .all_slots = 1};
     for (int f = 0; f < N_FIELDS; f++) {
         found.offset[f] = -1;
+        /* _PyType_Lookup (private) finds the attribute on the type and its bases without
+         * running any Python code, which getattr on the type could (a metaclass); member
+         * descriptors are read for the same reason: no public API gives a slot's offset. */
         PyObject *descr = _PyType_Lookup(type, field_names[f]); /* borrowed */
         if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
             PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-            if (member->type == T_OBJECT_EX && !(member->flags & READ_RESTRICTED)) {
+            PyTypeObject *owner = ((PyDescrObject *)descr)->d_type;
+            /* A descriptor taken from another class and set on this one describes that
+             * class's instances: its offset means nothing here (getattr refuses it). */
+            if (member->type == T_OBJECT_EX && !(member->flags & READ_RESTRICTED)
+                && owner != NULL && PyType_IsSubtype(type, owner) && member->offset >= 0
+                && (size_t)member->offset + sizeof(PyObject *) <= (size_t)owner->tp_basicsize) {
                 found.offset[f] = member->offset;
             }
         }
@@ -50,8 +59,10 @@ layout_of(PyTypeObject *type, Layout *out)
 static inline Layout *
 layout_for(PyObject *flow, Layout *current)
 {
-    if (current->type != Py_TYPE(flow)) {
-        layout_of(Py_TYPE(flow), current);
+    PyTypeObject *type = Py_TYPE(flow);
+    if (current->type != type || current->version != type->tp_version_tag
+        || !(type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
+        layout_of(type, current);
     }
     return current;
 }
@@ -313,17 +324,26 @@ read_row(PyObject *row, uint64_t hour, Item *item)
 
 /* -- batch helpers ---------------------------------------------------------------------------- */
 
-/* The hour of a flow record. */
+/* The hour of flow record `i` of the list `flows`, which held `count` records when the caller
+ * began. Reading a field by getattr runs Python code, which could change the list: the record
+ * is held meanwhile, and a list that changed size is a RuntimeError. */
 static int
-flow_hour(PyObject *flow, Layout *layout, uint64_t *hour)
+flow_hour(PyObject *flows, Py_ssize_t i, Py_ssize_t count, Layout *layout, uint64_t *hour)
 {
-    PyObject *value = read_field(flow, layout_for(flow, layout), F_HOUR);
-    if (value == NULL) {
+    if (PyList_GET_SIZE(flows) != count) {
+        PyErr_SetString(PyExc_RuntimeError, "flows changed size while being read");
         return -1;
     }
-    int failed = as_u64(value, FIELD_NAMES[F_HOUR], hour);
-    Py_DECREF(value);
-    return failed;
+    PyObject *flow = Py_NewRef(PyList_GET_ITEM(flows, i));
+    PyObject *value = read_field(flow, layout_for(flow, layout), F_HOUR);
+    int failed = value == NULL || as_u64(value, FIELD_NAMES[F_HOUR], hour) < 0;
+    Py_XDECREF(value);
+    Py_DECREF(flow);
+    if (!failed && PyList_GET_SIZE(flows) != count) {
+        PyErr_SetString(PyExc_RuntimeError, "flows changed size while being read");
+        return -1;
+    }
+    return failed ? -1 : 0;
 }
 
 /* Add `flow` to the list of `parts` under partition `index`, creating the list if new. */
@@ -360,18 +380,35 @@ PyDoc_STRVAR(split_doc,
 "Group a list of flow records by partition (hour % n): {index: [flows in request order]},\n"
 "in ascending index order. A batch that falls into one partition maps to the list itself.");
 
+static PyObject *split_list(PyObject *flows, Py_ssize_t n, PyObject *given);
+
 static PyObject *
 table_split(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    PyObject *flows;
+    PyObject *given;
     Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "O!n:split", &PyList_Type, &flows, &n)) {
+    if (!PyArg_ParseTuple(args, "O!n:split", &PyList_Type, &given, &n)) {
         return NULL;
     }
     if (n < 1) {
         PyErr_SetString(PyExc_ValueError, "n must be at least 1");
         return NULL;
     }
+    /* Python code may run below (getattr, a garbage collection's finalisers) and change the
+     * list: the records are read from a copy of it. */
+    PyObject *copy = PyList_GetSlice(given, 0, PyList_GET_SIZE(given));
+    if (copy == NULL) {
+        return NULL;
+    }
+    PyObject *result = split_list(copy, n, given);
+    Py_DECREF(copy);
+    return result;
+}
+
+/* split() of `flows`, a copy of the list `given`, which is the answer for one partition. */
+static PyObject *
+split_list(PyObject *flows, Py_ssize_t n, PyObject *given)
+{
     Py_ssize_t count = PyList_GET_SIZE(flows);
     PyObject *parts = PyDict_New();
     if (parts == NULL || count == 0) {
@@ -388,7 +425,7 @@ table_split(PyObject *Py_UNUSED(module), PyObject *args)
     int one = 1;
     for (Py_ssize_t i = 0; i < count; i++) {
         uint64_t hour;
-        if (flow_hour(PyList_GET_ITEM(flows, i), &layout, &hour) < 0) {
+        if (flow_hour(flows, i, count, &layout, &hour) < 0) {
             goto error;
         }
         index[i] = (Py_ssize_t)(hour % (uint64_t)n);
@@ -396,7 +433,7 @@ table_split(PyObject *Py_UNUSED(module), PyObject *args)
     }
     if (one) {
         PyObject *key = PyLong_FromSsize_t(index[0]);
-        int failed = key == NULL || PyDict_SetItem(parts, key, flows) < 0;
+        int failed = key == NULL || PyDict_SetItem(parts, key, given) < 0;
         Py_XDECREF(key);
         if (failed) {
             goto error;
@@ -481,7 +518,7 @@ table_hour_bounds(PyObject *Py_UNUSED(module), PyObject *flows)
     Layout layout = {0};
     for (Py_ssize_t i = 0; i < count; i++) {
         uint64_t hour;
-        if (flow_hour(PyList_GET_ITEM(flows, i), &layout, &hour) < 0) {
+        if (flow_hour(flows, i, count, &layout, &hour) < 0) {
             return NULL;
         }
         low = hour < low ? hour : low;
@@ -506,7 +543,7 @@ table_first_outside(PyObject *Py_UNUSED(module), PyObject *args)
     Layout layout = {0};
     for (Py_ssize_t i = 0; i < count; i++) {
         uint64_t hour;
-        if (flow_hour(PyList_GET_ITEM(flows, i), &layout, &hour) < 0) {
+        if (flow_hour(flows, i, count, &layout, &hour) < 0) {
             return NULL;
         }
         if ((low > 0 && hour < (uint64_t)low) || high < 0 || hour > (uint64_t)high) {
@@ -531,14 +568,22 @@ table_first_long_name(PyObject *Py_UNUSED(module), PyObject *args)
     Py_ssize_t count = PyList_GET_SIZE(flows);
     Layout layout = {0};
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *flow = PyList_GET_ITEM(flows, i);
-        const Layout *l = layout_for(flow, &layout);
-        for (int f = F_SRC; f <= F_VPC; f++) {
-            PyObject *name = read_field(flow, l, f);
-            if (name == NULL) {
-                return NULL;
-            }
+        if (PyList_GET_SIZE(flows) != count) { /* getattr ran Python code that changed it */
+            PyErr_SetString(PyExc_RuntimeError, "flows changed size while being read");
+            return NULL;
+        }
+        /* Held while read: getattr runs Python code, which could drop it from the list. */
+        PyObject *flow = Py_NewRef(PyList_GET_ITEM(flows, i));
+        Layout l = *layout_for(flow, &layout); /* a copy: getattr may replace the cache */
+        PyObject *found = NULL;
+        int failed = 0;
+        for (int f = F_SRC; f <= F_VPC && !failed && found == NULL; f++) {
+            PyObject *name = read_field(flow, &l, f);
             Py_ssize_t length = -1;
+            if (name == NULL) {
+                failed = 1;
+                break;
+            }
             if (!PyUnicode_Check(name)) {
                 PyErr_Format(PyExc_TypeError, "%s must be a str", FIELD_NAMES[f]);
             }
@@ -550,11 +595,16 @@ table_first_long_name(PyObject *Py_UNUSED(module), PyObject *args)
             }
             Py_DECREF(name);
             if (length < 0) {
-                return NULL;
+                failed = 1;
             }
-            if (length > limit) {
-                return Py_BuildValue("ns", i, FIELD_NAMES[f]);
+            else if (length > limit) {
+                found = Py_BuildValue("ns", i, FIELD_NAMES[f]);
+                failed = found == NULL;
             }
+        }
+        Py_DECREF(flow);
+        if (failed || found != NULL) {
+            return found;
         }
     }
     Py_RETURN_NONE;

@@ -13,11 +13,11 @@ from typing import Any
 from flask import Flask
 
 from flowagg import logs, web
-from flowagg.config import ConfigError, for_log, resolve
+from flowagg.config import ConfigError, for_log, memory_available, resolve
 from flowagg.metrics import Metrics
 from flowagg.shutdown import exit_on_sigterm
 from flowagg.store.durable import open_durable_store
-from flowagg.store.memory import PartitionedStore
+from flowagg.store.memory import PartitionedStore, tune_allocator
 from flowagg.store.redis.store import open_redis_store
 from flowagg.tokens import Tokens, TokensFileError
 from flowagg.web.guard import is_loopback, waitress_hosts
@@ -48,6 +48,13 @@ def create_app(
         app.config["FLOWAGG_LOG_BUFFER_BYTES"],
     )
     log.info("starting", extra={"fields": for_log(settings)})
+    if app.config["FLOWAGG_REDIS_URL"] is None:  # the tables are in this process
+        log_memory_limit(
+            app.config["FLOWAGG_MAX_MEMORY_BYTES"],
+            "FLOWAGG_MAX_MEMORY_BYTES" in os.environ
+            or "FLOWAGG_MAX_MEMORY_BYTES" in (config or {}),
+        )
+        tune_allocator()
 
     tokens = None
     if app.config["FLOWAGG_TOKENS_FILE"] is not None:
@@ -77,6 +84,7 @@ def create_app(
             max_keys=app.config["FLOWAGG_MAX_KEYS"],
             max_name_bytes=app.config["FLOWAGG_MAX_NAME_BYTES"],
             clock=clock,
+            max_memory_bytes=app.config["FLOWAGG_MAX_MEMORY_BYTES"],
         )
     else:  # replays the log before returning, so traffic is accepted only after recovery
         store = open_durable_store(app.config, metrics, clock)
@@ -87,6 +95,21 @@ def create_app(
     app.extensions["flowagg.access"] = logs.AccessLog(log_buffer, app.config["FLOWAGG_LOG_FORMAT"])
     web.register(app)
     return app
+
+
+def log_memory_limit(limit: int, given: bool) -> None:
+    """One line at start-up: what the tables may hold, and where that figure comes from."""
+    if given:
+        log.info("memory: the tables may hold %d bytes (FLOWAGG_MAX_MEMORY_BYTES)", limit)
+    else:
+        available, source = memory_available()
+        log.info(
+            "memory: the tables may hold %d bytes (FLOWAGG_MAX_MEMORY_BYTES unset: a quarter"
+            " of %d bytes, %s)",
+            limit,
+            available,
+            source,
+        )
 
 
 def warn_if_open(hosts: list[str]) -> None:

@@ -131,8 +131,11 @@ def _document() -> dict[str, Any]:
                         "413": _error("Body larger than FLOWAGG_MAX_BODY_BYTES"),
                         "422": _error("Idempotency-Key already used for other flows"),
                         "429": _error(
-                            "The request would add key-hours past FLOWAGG_MAX_KEYS; nothing"
-                            " applied (no Retry-After: retrying does not help until hours expire)"
+                            "The request would add key-hours past FLOWAGG_MAX_KEYS, or take the"
+                            " tables' memory past FLOWAGG_MAX_MEMORY_BYTES (the error names the"
+                            " limit, its value and what is held); nothing applied. No"
+                            " Retry-After: retrying does not help until hours expire, while"
+                            " POSTs that only add to key-hours already held are accepted"
                         ),
                         "503": _error(
                             "Buffers full past the enqueue timeout; nothing applied", True

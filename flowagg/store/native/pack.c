@@ -106,8 +106,15 @@ static PySequenceMethods Pack_as_sequence = {
     .sq_length = (lenfunc)Pack_length,
 };
 
+static PyObject *
+Pack_get_name_bytes(Pack *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSize_t(self->arena_len);
+}
+
 static PyGetSetDef Pack_getset[] = {
     {"nbytes", (getter)Pack_get_nbytes, NULL, "Bytes of memory the pack holds.", NULL},
+    {"name_bytes", (getter)Pack_get_name_bytes, NULL, "Bytes of its flows' names, summed.", NULL},
     {NULL},
 };
 

@@ -82,15 +82,15 @@ int
 hour_plan(const Hour *h, uint64_t keys, uint64_t names, uint64_t bytes, int need_high, Caps *out)
 {
     uint64_t want = (uint64_t)h->len + keys, want_names = (uint64_t)h->nnames + names;
-    if (want > MAX_ENTRIES || want_names > MAX_ENTRIES || bytes > UINT64_MAX - h->arena_len) {
+    if (want > max_entries || want_names > max_entries || bytes > UINT64_MAX - h->arena_len) {
         return STEP_FULL;
     }
     Caps c = hour_caps(h);
     c.cap = capacity_for(c.cap, want);
-    c.cap = c.cap > MAX_ENTRIES ? MAX_ENTRIES : c.cap;
+    c.cap = c.cap > max_entries ? max_entries : c.cap;
     c.slots = index_for(c.slots, want);
     c.names_cap = capacity_for(c.names_cap, want_names);
-    c.names_cap = c.names_cap > MAX_ENTRIES ? MAX_ENTRIES : c.names_cap;
+    c.names_cap = c.names_cap > max_entries ? max_entries : c.names_cap;
     c.name_slots = index_for(c.name_slots, want_names);
     c.arena_cap = capacity_for(c.arena_cap, h->arena_len + bytes);
     if (c.arena_cap == 0 && want_names > 0) {

@@ -115,7 +115,7 @@ Pack_get_name_bytes(Pack *self, void *Py_UNUSED(closure))
 static PyGetSetDef Pack_getset[] = {
     {"nbytes", (getter)Pack_get_nbytes, NULL, "Bytes of memory the pack holds.", NULL},
     {"name_bytes", (getter)Pack_get_name_bytes, NULL, "Bytes of its flows' names, summed.", NULL},
-    {NULL},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 PyDoc_STRVAR(Pack_doc,

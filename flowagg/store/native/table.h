@@ -18,6 +18,7 @@ typedef unsigned __int128 u128;
 #define NAME_ESCAPE 0x80000000u /* Name.length flag: JSON must escape some byte of the name */
 #define MAX_NAME_LENGTH 0x7fffffffu
 #define MAX_ENTRIES 0x7fffffffu /* per hour; slots stay addressable by 32-bit numbers */
+extern uint32_t max_entries;    /* MAX_ENTRIES, lowered only by tests (_set_max_entries) */
 #define RELEASE_GIL_AT 512      /* flows or rows from which a call gives up the GIL */
 #define SMALL 8                 /* up to this many entries (names) an hour has no slots for
                                    them: a lookup compares the short hashes of all of them */

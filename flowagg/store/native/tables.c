@@ -41,6 +41,7 @@
 
 uint64_t hash_seed[4];
 uint64_t hash_start;
+uint32_t max_entries = MAX_ENTRIES;
 
 /* -- HourTables ------------------------------------------------------------------------------- */
 
@@ -127,7 +128,7 @@ static int
 tables_reserve(HourTables *self, uint32_t more)
 {
     uint64_t want = (uint64_t)self->nhours + more, cap, slots;
-    if (want > MAX_ENTRIES) {
+    if (want > max_entries) {
         return STEP_FULL;
     }
     tables_plan(self, want, &cap, &slots);
@@ -766,7 +767,7 @@ batch_cost(HourTables *self, Batch *b, uint64_t *keys, uint64_t *bytes)
     }
     if (created > 0) {
         uint64_t want = (uint64_t)self->nhours + created, cap, slots;
-        if (want > MAX_ENTRIES) {
+        if (want > max_entries) {
             return STEP_FULL;
         }
         tables_plan(self, want, &cap, &slots);
@@ -1170,6 +1171,9 @@ HourTables_len(HourTables *self)
 static PyObject *
 HourTables_get_keys(HourTables *self, void *Py_UNUSED(closure))
 {
+    if (check_idle(self, 0) < 0) {
+        return NULL;
+    }
     return PyLong_FromUnsignedLongLong(self->keys);
 }
 
@@ -1194,6 +1198,9 @@ HourTables_get_newest(HourTables *self, void *Py_UNUSED(closure))
 static PyObject *
 HourTables_get_nbytes(HourTables *self, void *Py_UNUSED(closure))
 {
+    if (check_idle(self, 0) < 0) {
+        return NULL;
+    }
     return PyLong_FromUnsignedLongLong(self->nbytes);
 }
 
@@ -1289,9 +1296,31 @@ table_trim(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 #endif
 }
 
+PyDoc_STRVAR(set_max_entries_doc,
+"_set_max_entries(n) -> previous\n\n"
+"For tests: the most keys (and names) an hour may hold, normally 2**31 - 1, so that TableFull\n"
+"can be seen without filling an hour that far. Not for use while another thread merges.");
+
+static PyObject *
+table_set_max_entries(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    unsigned long n = PyLong_AsUnsignedLong(arg);
+    if (n == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (n < 1 || n > MAX_ENTRIES) {
+        PyErr_SetString(PyExc_ValueError, "n must be between 1 and 2**31 - 1");
+        return NULL;
+    }
+    uint32_t previous = max_entries;
+    max_entries = (uint32_t)n;
+    return PyLong_FromUnsignedLong(previous);
+}
+
 static PyMethodDef allocator_functions[] = {
     {"tune_allocator", table_tune_allocator, METH_VARARGS, tune_allocator_doc},
     {"trim", table_trim, METH_NOARGS, trim_doc},
+    {"_set_max_entries", table_set_max_entries, METH_O, set_max_entries_doc},
     {NULL, NULL, 0, NULL},
 };
 

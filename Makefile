@@ -79,7 +79,8 @@ lint: $(BIN)/activate
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 # A copy of the package whose table module is built with AddressSanitizer and UndefinedBehavior-
-# Sanitizer (any report fails the run); the interpreter preloads their runtimes. Leaks in the
+# Sanitizer (any report fails the run); the interpreter preloads their runtimes and allocates
+# its objects with malloc, so that a read past a Python object is seen too. Leaks in the
 # module's own memory are caught by tests/test_table.py itself (tracemalloc sees it). Then the
 # fuzzer (tests/fuzz/fuzz_table.py, atheris over libFuzzer) drives a copy built by clang with
 # coverage and both sanitizers for FUZZ_SECONDS, seeded from tests/fuzz/corpus/; clang (Debian)
@@ -96,7 +97,7 @@ check-native: $(NATIVE)
 	rm -f $(SANITIZED)/flowagg/store/table.*.so
 	$(CC) -shared -fPIC -O1 -g -std=c11 -Wall -Wextra -Werror $(SANITIZERS) -I"$(PY_INCLUDE)" \
 		$(filter %.c,$(NATIVE_SOURCES)) -o $(SANITIZED)/flowagg/store/table$(EXT_SUFFIX)
-	cd $(SANITIZED) && ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	cd $(SANITIZED) && PYTHONMALLOC=malloc ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
 		LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 		$(abspath $(BIN))/python -m pytest -q -p no:cacheprovider \
 		tests/test_table.py tests/test_table_safety.py tests/test_query.py \
@@ -111,7 +112,7 @@ check-native: $(NATIVE)
 	clang -shared -fPIC -O1 -g -std=c11 -Wall -Wextra -Werror $(SANITIZERS) \
 		-fsanitize=fuzzer-no-link -I"$(PY_INCLUDE)" \
 		$(filter %.c,$(NATIVE_SOURCES)) -o $(FUZZED)/flowagg/store/table$(EXT_SUFFIX)
-	cd $(FUZZED) && ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 \
+	cd $(FUZZED) && PYTHONMALLOC=malloc ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		LD_PRELOAD="$$($(abspath $(BIN))/python -c 'import atheris; print(atheris.path())')/asan_with_fuzzer.so" \
 		$(abspath $(BIN))/python tests/fuzz/fuzz_table.py -max_total_time=$(FUZZ_SECONDS) \

@@ -16,6 +16,7 @@ what the tables hold plus whatever the allocator keeps of the requests' memory:
 - copies              20 bodies of 20,000 copies of one key with 1,024-byte names: ~0 growth
 - one-big-body        one 64 MiB body: a flow with three 1,024-byte names, then tiny flows;
                       the peak RSS (VmHWM, reset first) above idle against the body's size
+- one-big-body-long-names   the same with every flow a new key of three 1,024-byte names
 - retention           short-names into the hours of a clock faked with libfaketime and
                       FLOWAGG_RETENTION_HOURS, then the clock moved past them: RSS after the
                       drop against RSS before the load
@@ -156,12 +157,22 @@ def copies(server: Server) -> dict:
     return {"idle": base, "growth": grown, "per_key_hour": grown}
 
 
-def one_big_body(server: Server) -> dict:
+def one_big_body(server: Server, long: bool = False) -> dict:
     first = flow("a" * LONG, "b" * LONG, "c" * LONG, 9)
-    tiny = flow("a", "b", "c", 9)
     limit = 64 * 2**20
-    count = (limit - len(first) - 2) // (len(tiny) + 1)
-    body = b"[" + first + (b"," + tiny) * count + b"]"
+    if long:  # every flow a new key of three long names
+        count = limit // (len(first) + 1) - 1
+        body = (
+            b"["
+            + b",".join(
+                flow(f"{k:08d}" + "a" * (LONG - 8), "b" * LONG, "c" * LONG, 9) for k in range(count)
+            )
+            + b"]"
+        )
+    else:
+        tiny = flow("a", "b", "c", 9)
+        count = (limit - len(first) - 2) // (len(tiny) + 1)
+        body = b"[" + first + (b"," + tiny) * count + b"]"
     assert len(body) <= limit
     base = idle(server)
     with open(f"/proc/{server.proc.pid}/clear_refs", "w") as refs:
@@ -209,6 +220,7 @@ SHAPES: dict[str, tuple[Callable[..., dict], str]] = {
     ),
     "copies": (copies, "growth bytes"),
     "one-big-body": (one_big_body, "peak / body"),
+    "one-big-body-long-names": (lambda server: one_big_body(server, long=True), "peak / body"),
     "retention": (retention, "RSS after / before"),
 }
 
@@ -263,7 +275,7 @@ def main() -> None:
     print("| shape | figure | median (min–max) | idle RSS MiB |")
     print("| --- | --- | ---: | ---: |")
     for name in shapes:
-        key = {"one-big-body": "ratio", "retention": "ratio"}.get(name, "per_key_hour")
+        key = "ratio" if name.startswith("one-big-body") or name == "retention" else "per_key_hour"
         values = [r[key] for r in results[name]]
         fmt = ".2f" if key == "ratio" else ",.0f"
         idle_mib = statistics.median(r["idle"] for r in results[name]) / 2**20

@@ -64,8 +64,9 @@ class Window:
             f" ({', '.join(settings)})"
         )
 
-    def check(self, flows: list[Flow]) -> None:
-        """Raise ``Expired`` for the first record whose hour is outside the window."""
+    def check(self, flows: list[Flow], start: int = 0) -> None:
+        """Raise ``Expired`` for the first record whose hour is outside the window (records
+        numbered from ``start``: a slice of a large body)."""
         if not self.bounded:
             return
         found = table.hour_bounds(flows)
@@ -75,16 +76,16 @@ class Window:
         low, high = oldest if oldest is not None else 0, newest if newest is not None else -1
         if found[0] < low or (newest is not None and found[1] > high):
             index = table.first_outside(flows, low, high if newest is not None else 2**63 - 1)
-            raise Expired(index, flows[index].hour, self.describe(oldest, newest))
+            raise Expired(start + index, flows[index].hour, self.describe(oldest, newest))
 
 
-def check_names(flows: list[Flow], max_bytes: int | None) -> None:
+def check_names(flows: list[Flow], max_bytes: int | None, start: int = 0) -> None:
     """Raise ``NameTooLong`` for the first name longer than ``max_bytes`` bytes of UTF-8."""
     if max_bytes is None:
         return
     found = table.first_long_name(flows, max_bytes)
     if found is not None:
-        raise NameTooLong(found[0], found[1], max_bytes)
+        raise NameTooLong(start + found[0], found[1], max_bytes)
 
 
 # Queued estimates kept per partition before they are released even far from the limit (the

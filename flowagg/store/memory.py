@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from flowagg.schema import Flow
+from flowagg.schema import Flow, Slices
 from flowagg.store import query, table
 from flowagg.store.base import (
     Closed,
@@ -126,9 +126,7 @@ class PartitionedStore:
 
         Keeps no idempotency keys: in memory, every request is applied (see durable/).
         """
-        flows = flows if isinstance(flows, list) else list(flows)
-        self.check(flows)
-        parts = self.split(flows)
+        parts, count = self.check_and_split(flows)
         admission = self.admit(parts, timeout)
         try:
             if len(parts) == 1:  # the usual batch: one partition, one wait for room and put
@@ -144,13 +142,28 @@ class PartitionedStore:
             raise
         self.admitted(seqs, admission)
         self.expire()
-        return len(flows)
+        return count
 
-    def check(self, flows: list[Flow]) -> None:
+    def check_and_split(self, flows: Sequence[Flow] | Slices) -> tuple[dict[int, table.Pack], int]:
+        """``check`` then ``split``, for a list of records or the ``Slices`` of a large body
+        (each slice checked and packed, and freed, before the next is decoded). Returns the
+        packs and the number of flows."""
+        if not isinstance(flows, Slices):
+            flows = flows if isinstance(flows, list) else list(flows)
+            self.check(flows)
+            return self.split(flows), len(flows)
+        parts: dict[int, table.Pack] = {}
+        for start, chunk in flows.slices():
+            self.check(chunk, start)
+            parts = table.pack(chunk, len(self.partitions), parts)
+            del chunk
+        return parts, len(flows)
+
+    def check(self, flows: list[Flow], start: int = 0) -> None:
         """Raise ``InvalidRecord`` for the first record outside the hours window or with a name
-        over the length limit; nothing is held either way."""
-        self.window.check(flows)
-        check_names(flows, self.max_name_bytes)
+        over the length limit (numbered from ``start``); nothing is held either way."""
+        self.window.check(flows, start)
+        check_names(flows, self.max_name_bytes, start)
 
     def keys_held(self) -> int:
         """Key-hours in the tables, summed over partitions."""

@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flowagg.schema import Flow
+from flowagg.schema import Flow, Slices
 from flowagg.store.base import (
     Closed,
     HoursHeld,
@@ -179,6 +179,8 @@ class DurableStore:
         (after making sure that request is durable); raise ``KeyReused`` if that request had
         other flows.
         """
+        if isinstance(flows, Slices):  # the log record needs every record: decoded at once
+            flows = list(flows)
         now = self._clock()
         payload, fingerprint = encode_record(flows, idempotency_key, now)
         if idempotency_key is not None:

@@ -278,31 +278,82 @@ part_append(Part *part, const Item *item, Py_ssize_t hint)
     return 0;
 }
 
+/* Take the packs of `into` (an earlier pack() of the same request) as parts to extend. Each
+ * must be a Pack of partition index % n that nobody else holds: extending a pack another
+ * thread may read (a ring buffer, a drainer) would race it. -1 with an exception set. */
+static int
+parts_adopt(Parts *ps, PyObject *into, unsigned long long n)
+{
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(into, &pos, &key, &value)) {
+        uint64_t index;
+        if (as_u64(key, "a partition index", &index) < 0) {
+            return -1;
+        }
+        if (!Pack_Check(value) || index >= n) {
+            PyErr_SetString(PyExc_TypeError, "into must map partition indexes to Packs");
+            return -1;
+        }
+        if (Py_REFCNT(value) != 1) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "a Pack of `into` is held elsewhere: only a pack nobody else holds"
+                            " may be extended");
+            return -1;
+        }
+        int64_t p = part_of(ps, index);
+        if (p < 0) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        Part *part = &ps->parts[p];
+        if (part->pack != NULL) {
+            PyErr_SetString(PyExc_ValueError, "into holds a partition twice");
+            return -1;
+        }
+        Pack *pack = (Pack *)value;
+        part->pack = (Pack *)Py_NewRef(value);
+        part->cap = pack->n; /* packs are trimmed: exactly full */
+        part->arena_cap = pack->arena != NULL ? pack->arena_len : 0;
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(pack_doc,
-"pack(flows, n) -> dict\n\n"
+"pack(flows, n, into=None) -> dict\n\n"
 "Split a list of flow records by partition (hour % n) and copy each part into a Pack:\n"
 "{index: Pack}, in ascending index order, each Pack's flows in request order. Raises like\n"
-"HourTables.merge for a field of the wrong type; nothing is kept then.");
+"HourTables.merge for a field of the wrong type; nothing is kept then. With `into`, the dict\n"
+"an earlier pack() of the same request returned (a large body packed a slice at a time), its\n"
+"packs are extended and returned with the new ones; they must be held by nobody else, and\n"
+"are spoilt if it raises.");
 
 static PyObject *
 table_pack(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    PyObject *flows;
+    PyObject *flows, *into = Py_None;
     unsigned long long n;
-    if (!PyArg_ParseTuple(args, "O!K:pack", &PyList_Type, &flows, &n)) {
+    if (!PyArg_ParseTuple(args, "O!K|O:pack", &PyList_Type, &flows, &n, &into)) {
         return NULL;
     }
     if (n < 1) {
         PyErr_SetString(PyExc_ValueError, "n must be at least 1");
         return NULL;
     }
+    if (into != Py_None && !PyDict_CheckExact(into)) {
+        PyErr_SetString(PyExc_TypeError, "into must be None or a dict that pack() returned");
+        return NULL;
+    }
     Py_ssize_t count = PyList_GET_SIZE(flows);
     PyObject *result = PyDict_New();
-    if (result == NULL || count == 0) {
-        return result;
+    if (result == NULL) {
+        return NULL;
     }
     Parts ps = {0};
     Layout layout = {0};
+    if (into != Py_None && parts_adopt(&ps, into, n) < 0) {
+        goto error;
+    }
     /* One pass, in request order: read each flow (its names borrowed from the record, which
      * the list keeps alive; only an unusual record type read by getattr holds references, for
      * the time of its copy) and append it to its partition's pack. */

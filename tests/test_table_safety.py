@@ -9,10 +9,10 @@ TableFull or MemoryError for a merge that cannot be done, with the tables unchan
 
 from __future__ import annotations
 
+import _testcapi
 import gc
 import threading
 
-import _testcapi
 import pytest
 
 from flowagg.schema import Flow

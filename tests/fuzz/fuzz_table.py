@@ -39,7 +39,8 @@ class Model:
         2**128; else the number of new key-hours."""
         sums: dict[tuple, list[int]] = {}
         for hour, *key, tx, rx in rows:
-            total = sums.setdefault((hour, *key), list(self.hours.get(hour, {}).get(tuple(key), [0, 0])))
+            held = self.hours.get(hour, {}).get(tuple(key), [0, 0])
+            total = sums.setdefault((hour, *key), list(held))
             total[0] += tx
             total[1] += rx
         if any(v >= U128 for total in sums.values() for v in total):
@@ -154,8 +155,12 @@ def one_input(data: bytes) -> None:
                 assert got == [tuple(v) for v in expected.values()]
         elif op == 5:  # count_new and cost of a batch, merged or not
             flows = [
-                Flow(*(pool[fdp.ConsumeIntInRange(0, len(pool) - 1)] for _ in range(3)), 1, 1,
-                     fdp.ConsumeIntInRange(0, 5))
+                Flow(
+                    *(pool[fdp.ConsumeIntInRange(0, len(pool) - 1)] for _ in range(3)),
+                    1,
+                    1,
+                    fdp.ConsumeIntInRange(0, 5),
+                )
                 for _ in range(fdp.ConsumeIntInRange(0, 20))
             ]
             new = {(f.hour, f.src_app, f.dest_app, f.vpc_id) for f in flows}

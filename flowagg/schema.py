@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
 import msgspec
@@ -70,59 +70,54 @@ SLICE_BYTES = 1024 * 1024
 
 class Slices:
     """The records of a large body, decoded and validated one slice at a time as they are
-    iterated (``slices()``), each slice's records freed before the next is decoded. Its syntax
-    and shape (an array) were checked whole when it was made; a record that is invalid raises
-    ``InvalidBody`` naming it by its index in the whole body when its slice is reached, so a
-    store must take nothing before the last slice is decoded. Iterating it, or ``list()``,
-    gives every record at once, for stores that need them all."""
+    iterated (``slices()``), each slice's records freed before the next is decoded. Nothing is
+    decoded before: a body that is not valid raises ``InvalidBody``, worded as for any body,
+    when the slice that shows it is reached, so a store must take nothing before the last.
+    Iterating it, or ``list()``, decodes every record at once, for stores that need them all."""
 
-    def __init__(self, body: bytes, elements: list[msgspec.Raw]) -> None:
-        self.body = body  # keeps the bytes the elements point into
-        self.elements = elements
+    def __init__(self, body: bytes) -> None:
+        self.body = body
 
-    def __len__(self) -> int:
-        return len(self.elements)
-
-    def slices(self) -> Iterator[tuple[int, list[Flow]]]:
-        """(index of its first record, the records) for each slice, in order."""
-        start, count = 0, len(self.elements)
-        while start < count:
-            stop, size = start, 0
-            while stop < count and stop - start < SLICE_FLOWS and size < SLICE_BYTES:
-                size += len(self.elements[stop])
-                stop += 1
-            part = self.elements[start:stop]
-            chunk = b"[" + b",".join(map(bytes, part)) + b"]"
+    def slices(self, cut: Cut) -> Iterator[tuple[int, list[Flow]]]:
+        """(index of its first record, the records) for each slice, in order, once (the body is
+        let go at the end). ``cut`` finds
+        where the body's array can be cut (the native ``array_slices``: offsets, not copies
+        of the elements); where it cannot, the body is decoded whole."""
+        found = cut(self.body, SLICE_BYTES, SLICE_FLOWS)
+        if found is None:
+            yield 0, _decode_whole(self.body)
+            return
+        done = 0
+        for start, end, _items in found:
             try:
-                flows = _decoder.decode(chunk)
-            except msgspec.ValidationError as exc:
-                message = _describe(chunk, part, str(exc))
-                raise InvalidBody(_shift(message, start)) from None
-            yield start, flows
-            start = stop
+                flows = _decoder.decode(b"[" + self.body[start:end] + b"]")
+            except (msgspec.ValidationError, *_UNREADABLE):
+                _decode_whole(self.body)  # words the first problem of the body, as ever
+                raise InvalidBody("body is not valid JSON") from None  # (not reached)
+            yield done, flows
+            done += len(flows)
+        self.body = b""  # read once: let the bytes go before the store keeps the packs
 
     def __iter__(self) -> Iterator[Flow]:
-        for _, flows in self.slices():
-            yield from flows
+        yield from _decode_whole(self.body)
 
 
-def _shift(message: str, start: int) -> str:
-    """A message about record $[i] of a slice, about record $[start + i] of the body."""
-    return re.sub(r"^\$\[(\d+)\]", lambda m: f"$[{start + int(m.group(1))}]", message)
+# How a body's array is cut into slices: (start, end, records) for each, or None if it cannot.
+Cut = Callable[[bytes, int, int], "list[tuple[int, int, int]] | None"]
 
 
 def decode_flows(body: bytes) -> list[Flow] | Slices:
     """Decode and validate a POST body; raise ``InvalidBody`` naming the first problem.
 
-    A body of ``LARGE_BODY`` bytes or more comes back as ``Slices`` (validated as it is read).
+    A body of ``LARGE_BODY`` bytes or more comes back as ``Slices``, decoded and validated as
+    the store reads it.
     """
     if len(body) >= LARGE_BODY:
-        try:
-            return Slices(body, _skim.decode(body))
-        except msgspec.ValidationError:  # not an array: worded below
-            pass
-        except _UNREADABLE as exc:
-            raise InvalidBody(_malformed(body, exc)) from None
+        return Slices(body)
+    return _decode_whole(body)
+
+
+def _decode_whole(body: bytes) -> list[Flow]:
     try:
         return _decoder.decode(body)
     except msgspec.ValidationError as exc:

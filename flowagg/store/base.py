@@ -92,13 +92,14 @@ class MemoryLimit(Exception):
     key-hours already held are still accepted.
     """
 
-    def __init__(self, limit: int, held: int, new: int) -> None:
+    def __init__(self, limit: int, held: int, pending: int, new: int) -> None:
         super().__init__(
-            f"the tables hold {held} bytes and this request would add {new}, past"
+            f"the tables hold {held} bytes, requests accepted and not yet applied may add"
+            f" {pending}, and this request would add {new}, past"
             f" FLOWAGG_MAX_MEMORY_BYTES={limit}; flows for key-hours already held are still"
             " accepted"
         )
-        self.limit, self.held, self.new = limit, held, new
+        self.limit, self.held, self.pending, self.new = limit, held, pending, new
 
 
 class QueryTooLarge(Exception):

@@ -265,9 +265,10 @@ class MemoryBudget:
             exact = cost(drain | set(parts))
             with self._mutex:
                 self._release_applied()
-                new = sum(exact.values())
-                if new and self._held() + self._admitted + self._queued_total + new > self.limit:
-                    raise MemoryLimit(self.limit, self._held(), new)
+                new, held, pending = sum(exact.values()), self._held(), self._admitted
+                pending += self._queued_total
+                if new and held + pending + new > self.limit:
+                    raise MemoryLimit(self.limit, held, pending, new)
                 self._admitted += new
                 return MemoryTicket(exact, exact=True)
         except BaseException:

@@ -153,11 +153,13 @@ class PartitionedStore:
             self.check(flows)
             return self.split(flows), len(flows)
         parts: dict[int, table.Pack] = {}
-        for start, chunk in flows.slices():
+        count = 0
+        for start, chunk in flows.slices(table.array_slices):
             self.check(chunk, start)
             parts = table.pack(chunk, len(self.partitions), parts)
+            count += len(chunk)
             del chunk
-        return parts, len(flows)
+        return parts, count
 
     def check(self, flows: list[Flow], start: int = 0) -> None:
         """Raise ``InvalidRecord`` for the first record outside the hours window or with a name

@@ -8,6 +8,7 @@
     errors.py      JSON answers; the app-wide error handlers (store exceptions -> statuses)
     requestlog.py  request ids and the access log line (a WSGI middleware)
     guard.py       bearer tokens and roles, and no POSTs from other sites (a WSGI middleware)
+    bodies.py      large bodies decoded a few at a time (a WSGI middleware)
     openapi.py     the OpenAPI 3.1 document
     context.py     the current app's store and metrics
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from flowagg.web import errors, flows, guard, ops, page, queries, requestlog
+from flowagg.web import bodies, errors, flows, guard, ops, page, queries, requestlog
 from flowagg.web.context import get_access_log
 
 
@@ -32,8 +33,9 @@ def register(app: Flask) -> None:
     def on_refused(reason: str) -> None:
         rejected.labels(reason).inc()
 
+    gated = bodies.BodyGate(app.wsgi_app, app.config["FLOWAGG_MAX_BODY_BYTES"], on_refused)
     guarded = guard.Guard(
-        app.wsgi_app,
+        gated,
         app.extensions.get("flowagg.tokens"),
         app.config["FLOWAGG_ALLOWED_ORIGINS"] or (),
         on_refused,

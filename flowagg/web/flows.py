@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, request
 
 from flowagg.schema import INT64_MAX, decode_flows
 from flowagg.store.base import MAX_KEY_LENGTH
+from flowagg.web.bodies import read_body
 from flowagg.web.context import get_metrics, get_store
 from flowagg.web.errors import BadRequest, json_response
 from flowagg.web.formats import csv_response, negotiated, shown, wants_csv
@@ -27,7 +28,7 @@ def _ms(setting: str) -> float:
 
 @bp.post("/flows")
 def post_flows() -> Response:
-    # get_data() reads the raw body whatever the Content-Type (curl -d sends a form type) and
+    # read_body() reads the raw body whatever the Content-Type (curl -d sends a form type) and
     # raises 413 before reading when Content-Length exceeds MAX_CONTENT_LENGTH.
     environ = request.environ
     given = environ.get("HTTP_IDEMPOTENCY_KEY")  # repeated headers arrive joined by ", "
@@ -35,7 +36,7 @@ def post_flows() -> Response:
     token = environ.get(TOKEN)
     if key is not None and token is not None:  # one client's keys never meet another's
         key = f"{token}/{key}"
-    flows = decode_flows(request.get_data(cache=False))
+    flows = decode_flows(read_body(request))
     app = current_app._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
     accepted = get_store(app).ingest(
         flows, timeout=app.config["FLOWAGG_ENQUEUE_TIMEOUT_MS"] / 1000, idempotency_key=key

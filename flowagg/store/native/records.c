@@ -631,3 +631,153 @@ records_init(void)
     }
     return 0;
 }
+
+/* -- slicing a large JSON array ------------------------------------------------------------- */
+
+PyDoc_STRVAR(array_slices_doc,
+"array_slices(body, max_bytes, max_items) -> list of (start, end, items) or None\n\n"
+"Where a JSON array can be cut between its elements into slices of at most `max_items`\n"
+"elements, each at most `max_bytes` long unless one element alone is longer: for each slice,\n"
+"the offsets of its first element's first byte and of the byte after its last element, and\n"
+"how many elements it holds. Strings (with their escapes) and nesting are followed, nothing\n"
+"else is checked: each slice is decoded and validated on its own afterwards. None if the body\n"
+"is not an array as far as this can tell (the caller then decodes it whole, which words the\n"
+"error). Releases the GIL while it scans.");
+
+typedef struct {
+    Py_ssize_t start, end, items;
+} ArraySlice;
+
+/* Scan `p[0:n]`; a STEP_ status, or 1 if it is not an array. */
+static int
+scan_array(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_bytes, Py_ssize_t max_items,
+           ArraySlice **out, Py_ssize_t *count)
+{
+    Py_ssize_t i = 0, cap = 0;
+    *out = NULL;
+    *count = 0;
+    while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r')) {
+        i++;
+    }
+    if (i == n || p[i] != '[') {
+        return 1;
+    }
+    i++;
+    int depth = 1, in_string = 0, any = 0;
+    ArraySlice current = {.start = -1};
+    Py_ssize_t element = -1; /* start of the element being read, -1 between elements */
+    for (; i < n && depth > 0; i++) {
+        unsigned char c = p[i];
+        if (in_string) {
+            if (c == '\\') {
+                i++;
+            }
+            else if (c == '"') {
+                in_string = 0;
+            }
+            continue;
+        }
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+            continue;
+        }
+        if (depth == 1 && (c == ',' || c == ']')) {
+            if (element >= 0) {
+                current.items++;
+                current.end = i; /* trailing spaces are harmless inside a slice */
+                element = -1;
+                any = 1;
+                if (current.items >= max_items || current.end - current.start >= max_bytes
+                    || c == ']') {
+                    if (*count == cap) {
+                        Py_ssize_t more = cap < 16 ? 16 : cap * 2;
+                        ArraySlice *grown_out = PyMem_RawRealloc(*out, more * sizeof(ArraySlice));
+                        if (grown_out == NULL) {
+                            return STEP_NO_MEMORY;
+                        }
+                        *out = grown_out;
+                        cap = more;
+                    }
+                    (*out)[(*count)++] = current;
+                    current = (ArraySlice){.start = -1};
+                }
+            }
+            else if (c == ',' || any) { /* ",," or "[,", or "1,]": not an array we can cut */
+                return 1;
+            }
+            if (c == ']') {
+                depth = 0;
+            }
+            continue;
+        }
+        if (element < 0) {
+            element = i;
+            if (current.start < 0) {
+                current.start = i;
+            }
+        }
+        if (c == '"') {
+            in_string = 1;
+        }
+        else if (c == '[' || c == '{') {
+            depth++;
+        }
+        else if (c == ']' || c == '}') {
+            depth--;
+        }
+    }
+    if (depth != 0 || current.start >= 0) {
+        return 1;
+    }
+    for (; i < n; i++) {
+        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\n' && p[i] != '\r') {
+            return 1;
+        }
+    }
+    return STEP_OK;
+}
+
+static PyObject *
+table_array_slices(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer body;
+    Py_ssize_t max_bytes, max_items;
+    if (!PyArg_ParseTuple(args, "y*nn:array_slices", &body, &max_bytes, &max_items)) {
+        return NULL;
+    }
+    if (max_bytes < 1 || max_items < 1) {
+        PyBuffer_Release(&body);
+        PyErr_SetString(PyExc_ValueError, "max_bytes and max_items must be at least 1");
+        return NULL;
+    }
+    ArraySlice *slices;
+    Py_ssize_t count;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = scan_array(body.buf, body.len, max_bytes, max_items, &slices, &count);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&body);
+    if (status == 1) {
+        PyMem_RawFree(slices);
+        Py_RETURN_NONE;
+    }
+    if (status != STEP_OK) {
+        PyMem_RawFree(slices);
+        return PyErr_NoMemory();
+    }
+    PyObject *list = PyList_New(count);
+    for (Py_ssize_t s = 0; list != NULL && s < count; s++) {
+        PyObject *item = Py_BuildValue("nnn", slices[s].start, slices[s].end, slices[s].items);
+        if (item == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, s, item);
+    }
+    PyMem_RawFree(slices);
+    return list;
+}
+
+PyMethodDef slicing_functions[] = {
+    {"array_slices", table_array_slices, METH_VARARGS, array_slices_doc},
+    {NULL, NULL, 0, NULL},
+};

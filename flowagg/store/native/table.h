@@ -363,6 +363,7 @@ void items_release(Item *items, Py_ssize_t n);
 int as_u64(PyObject *value, const char *what, uint64_t *out);
 PyObject *long_from_u128(u128 value);
 extern PyMethodDef records_functions[]; /* split, hour_bounds, first_outside */
+extern PyMethodDef slicing_functions[]; /* array_slices */
 
 /* -- packs (pack.c) --------------------------------------------------------------------------- */
 

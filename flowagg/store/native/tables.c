@@ -1370,6 +1370,7 @@ PyInit_table(void)
         || PyModule_AddObjectRef(module, "Pack", (PyObject *)&Pack_Type) < 0
         || PyModule_AddFunctions(module, pack_functions) < 0
         || PyModule_AddFunctions(module, allocator_functions) < 0
+        || PyModule_AddFunctions(module, slicing_functions) < 0
         || PyModule_AddObjectRef(module, "TableFull", TableFull) < 0) {
         Py_DECREF(module);
         return NULL;

@@ -236,7 +236,7 @@ SHAPES: dict[str, tuple[Callable[..., dict], str]] = {
 }
 
 
-def run_shape(name: str, out: Path) -> dict:
+def run_shape(name: str, out: Path, tree: Path = ROOT) -> dict:
     measure, _ = SHAPES[name]
     env = {}
     clock = None
@@ -253,7 +253,11 @@ def run_shape(name: str, out: Path) -> dict:
             "FLOWAGG_RETENTION_HOURS": "200",
         }
     server = Server(
-        "service", 8, out / f"memory-{name}.log", env={"FLOWAGG_LOG_LEVEL": "warning", **env}
+        "service",
+        8,
+        out / f"memory-{name}.log",
+        cwd=tree,
+        env={"FLOWAGG_LOG_LEVEL": "warning", **env},
     )
     server.start()
     try:
@@ -268,6 +272,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default=",".join(SHAPES))
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--tree",
+        type=Path,
+        default=ROOT,
+        help="serve the flowagg of this source tree instead (e.g. an older revision, its table"
+        " module built in place)",
+    )
     opts = parser.parse_args()
     shapes = [s for s in opts.shapes.split(",") if s]
     unknown = set(shapes) - set(SHAPES)
@@ -279,7 +290,7 @@ def main() -> None:
     results: dict[str, list[dict]] = {name: [] for name in shapes}
     for round_no in range(1, opts.rounds + 1):
         for name in shapes:
-            result = run_shape(name, out)
+            result = run_shape(name, out, opts.tree)
             results[name].append(result)
             print(f"round {round_no} {name}: {json.dumps(result)}", flush=True)
     print(f"\n{time.monotonic() - started:.0f} s; median and min-max over {opts.rounds} round(s)\n")

@@ -83,7 +83,10 @@ read_field(PyObject *obj, const Layout *layout, int f)
     return Py_NewRef(value);
 }
 
-/* The value of an int of at most two digits that is not negative: 1, else 0. */
+/* The value of an int of at most two digits that is not negative: 1, else 0. Reads the int's
+ * digits (3.11: the struct itself; 3.12 on: the PyUnstable_ accessors) because this runs for
+ * every counter of every flow, where PyLong_AsUnsignedLongLong's checks and error handling cost
+ * about as much as the rest of reading the field. */
 static inline int
 small_u64(PyObject *value, uint64_t *out)
 {
@@ -180,11 +183,17 @@ long_from_u128(u128 value)
     if (high == 0) {
         return PyLong_FromUnsignedLongLong((uint64_t)value);
     }
-    unsigned char bytes[16];
-    for (int i = 0; i < 16; i++) {
-        bytes[i] = (unsigned char)(value >> (8 * i));
-    }
-    return _PyLong_FromByteArray(bytes, 16, 1, 0);
+    /* (high << 64) | low with the stable API: only sums past 2**64 come here, rarely. */
+    PyObject *upper = PyLong_FromUnsignedLongLong(high);
+    PyObject *shift = upper != NULL ? PyLong_FromLong(64) : NULL;
+    PyObject *shifted = shift != NULL ? PyNumber_Lshift(upper, shift) : NULL;
+    PyObject *lower = shifted != NULL ? PyLong_FromUnsignedLongLong((uint64_t)value) : NULL;
+    PyObject *result = lower != NULL ? PyNumber_Or(shifted, lower) : NULL;
+    Py_XDECREF(upper);
+    Py_XDECREF(shift);
+    Py_XDECREF(shifted);
+    Py_XDECREF(lower);
+    return result;
 }
 
 void
@@ -208,6 +217,9 @@ view_name(Item *item, int f, PyObject *value)
     }
     Py_ssize_t length;
     const char *bytes;
+    /* PyUnicode_IS_COMPACT_ASCII and the data after the header are CPython's (not the stable
+     * ABI): for the ASCII names nearly all flows have, the characters are the UTF-8, read
+     * without the call and the cache lookup PyUnicode_AsUTF8AndSize makes per name. */
     if (PyUnicode_IS_COMPACT_ASCII(value)) { /* its characters are its UTF-8 */
         bytes = (const char *)(((PyASCIIObject *)value) + 1);
         length = PyUnicode_GET_LENGTH(value);

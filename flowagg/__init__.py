@@ -49,11 +49,9 @@ def create_app(
     )
     log.info("starting", extra={"fields": for_log(settings)})
     if app.config["FLOWAGG_REDIS_URL"] is None:  # the tables are in this process
-        log_memory_limit(
-            app.config["FLOWAGG_MAX_MEMORY_BYTES"],
-            "FLOWAGG_MAX_MEMORY_BYTES" in os.environ
-            or "FLOWAGG_MAX_MEMORY_BYTES" in (config or {}),
-        )
+        given = (config or {}).get("FLOWAGG_MAX_MEMORY_BYTES")
+        given = os.environ.get("FLOWAGG_MAX_MEMORY_BYTES") if given is None else given
+        log_memory_limit(app.config["FLOWAGG_MAX_MEMORY_BYTES"], bool(str(given or "").strip()))
         tune_allocator()
 
     tokens = None

@@ -182,3 +182,20 @@ def test_data_dir_that_is_a_file_is_refused(tmp_path):
     path.write_text("")
     with pytest.raises(ConfigError, match="FLOWAGG_DATA_DIR=.*: exists and is not a directory"):
         resolve({"FLOWAGG_DATA_DIR": str(path)})
+
+
+def test_start_up_says_what_the_tables_may_hold_and_why(caplog):
+    available, source = memory_available()
+    caplog.set_level("INFO", logger="flowagg")
+    app = create_app({"FLOWAGG_MAX_MEMORY_BYTES": None})
+    given = create_app({"FLOWAGG_MAX_MEMORY_BYTES": "256MiB"})
+    try:
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("memory:")]
+        assert lines == [
+            f"memory: the tables may hold {available // 4} bytes (FLOWAGG_MAX_MEMORY_BYTES"
+            f" unset: a quarter of {available} bytes, {source})",
+            "memory: the tables may hold 268435456 bytes (FLOWAGG_MAX_MEMORY_BYTES)",
+        ]
+    finally:
+        app.extensions["flowagg"].close(5.0)
+        given.extensions["flowagg"].close(5.0)

@@ -138,7 +138,10 @@ def _document() -> dict[str, Any]:
                             " POSTs that only add to key-hours already held are accepted"
                         ),
                         "503": _error(
-                            "Buffers full past the enqueue timeout; nothing applied", True
+                            "Buffers full past the enqueue timeout, or a body of 1 MiB or more"
+                            " waited 30 s for its turn among the large bodies being decoded;"
+                            " nothing applied",
+                            True,
                         ),
                     },
                 },

@@ -93,7 +93,37 @@ def check_names(flows: list[Flow], max_bytes: int | None, start: int = 0) -> Non
 RELEASE_AT = 64
 
 
-class KeyBudget:
+class Budget:
+    """What the key-hour and memory budgets share: a limit, what the tables hold, and the
+    estimates of requests admitted (``_admitted``, not yet put) and put but not yet applied
+    (``_queued`` per partition, in order: the sequence number of the request's last flow there,
+    then its estimate), released once the partition's drainer has applied them."""
+
+    def __init__(
+        self,
+        limit: int,
+        held: Callable[[], int],
+        applied: Sequence[Callable[[], int]],
+    ) -> None:
+        self.limit = limit
+        self._held = held  # what the tables hold now (key-hours, bytes)
+        self._applied = applied  # per partition: sequence number of the last flow applied
+        # One mutex guards every field below.
+        self._mutex = threading.Lock()
+        self._admitted = 0  # estimates of requests admitted and not yet put
+        self._queued: list[deque[tuple]] = [deque() for _ in applied]
+        self._queued_total = 0
+
+    def _release_applied(self) -> None:
+        # Caller holds the mutex. Estimates of requests the drainers have applied leave.
+        for index, queue in enumerate(self._queued):
+            if queue:
+                applied = self._applied[index]()
+                while queue and queue[0][0] <= applied:
+                    self._queued_total -= queue.popleft()[1]
+
+
+class KeyBudget(Budget):
     """Admits requests while the key-hours held plus those they may add stay within a limit.
 
     A request is admitted with an estimate of the key-hours it adds: its number of flows while
@@ -103,22 +133,6 @@ class KeyBudget:
     applied sequence number passes them), when they leave the budget and the tables count them.
     So concurrent requests can never together pass the limit.
     """
-
-    def __init__(
-        self,
-        limit: int,
-        held: Callable[[], int],
-        applied: Sequence[Callable[[], int]],
-    ) -> None:
-        self.limit = limit
-        self._held = held  # key-hours in the tables now
-        self._applied = applied  # per partition: sequence number of the last flow applied
-        # One mutex guards every field below.
-        self._mutex = threading.Lock()
-        self._admitted = 0  # estimates of requests admitted and not yet put
-        # Per partition: (sequence number of a request's last flow there, estimate), in order.
-        self._queued: list[deque[tuple[int, int]]] = [deque() for _ in applied]
-        self._queued_total = 0
 
     def admit(self, parts: dict[int, Sized], count: Callable[[], dict[int, int]]) -> dict[int, int]:
         """Estimates per partition for a request split as ``parts``, or raise ``KeyLimit``.
@@ -166,14 +180,6 @@ class KeyBudget:
         self._release_applied()
         return self._held() + self._admitted + self._queued_total + new <= self.limit
 
-    def _release_applied(self) -> None:
-        # Caller holds the mutex. Estimates of requests the drainers have applied leave.
-        for index, queue in enumerate(self._queued):
-            if queue:
-                applied = self._applied[index]()
-                while queue and queue[0][0] <= applied:
-                    self._queued_total -= queue.popleft()[1]
-
 
 # What one new flow can make the tables allocate at most, whatever it holds, once their arrays
 # have grown for it (by half, or doubled while small; slots at most 3/4 and at least 3/8 full):
@@ -198,7 +204,7 @@ class MemoryTicket:
         self.estimates, self.exact = estimates, exact
 
 
-class MemoryBudget:
+class MemoryBudget(Budget):
     """Admits requests while the bytes the native tables allocate, plus what admitted requests
     may still add, stay within a limit (FLOWAGG_MAX_MEMORY_BYTES).
 
@@ -221,19 +227,12 @@ class MemoryBudget:
         held: Callable[[], int],
         applied: Sequence[Callable[[], int]],
     ) -> None:
-        self.limit = limit
-        self._held = held  # bytes the tables allocate now
-        self._applied = applied  # per partition: sequence number of the last flow applied
-        # One mutex guards every field below; `changed` is notified whenever a request
-        # admitted the fast way is put or cancelled (the exact path waits for none in flight).
-        self._mutex = threading.Lock()
+        super().__init__(limit, held, applied)  # held: bytes; _queued: (seq, bytes, fast)
+        # Guarded by the mutex too; `changed` is notified whenever a request admitted the fast
+        # way is put or cancelled (the exact path waits for none in flight).
         self._changed = threading.Condition(self._mutex)
-        self._admitted = 0  # bytes of requests admitted and not yet put
-        self._admitted_fast = 0  # how many of those were admitted the fast way
+        self._admitted_fast = 0  # how many admitted requests were admitted the fast way
         self._exact_waiting = 0  # requests on or waiting for the exact path: no fast admission
-        # Per partition: (sequence number of a request's last flow there, bytes, fast), in order.
-        self._queued: list[deque[tuple[int, int, bool]]] = [deque() for _ in applied]
-        self._queued_total = 0
         self._exact = threading.Lock()  # the exact path: held from admission to put or cancel
 
     def admit(
@@ -321,11 +320,3 @@ class MemoryBudget:
             return True
         self._release_applied()
         return 2 * (self._held() + self._admitted + self._queued_total) + bound <= self.limit
-
-    def _release_applied(self) -> None:
-        # Caller holds the mutex. Estimates of requests the drainers have applied leave.
-        for index, queue in enumerate(self._queued):
-            if queue:
-                applied = self._applied[index]()
-                while queue and queue[0][0] <= applied:
-                    self._queued_total -= queue.popleft()[1]

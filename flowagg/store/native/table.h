@@ -134,21 +134,21 @@ typedef struct {
     uint32_t hash;  /* its short_hash, so that most probes need not look further */
 } Slot;
 
+/* Fields ordered so that no padding is left: 112 bytes. */
 typedef struct {
     uint64_t hour;
-    Entry *entries; /* len used of cap, in order of first appearance */
-    uint32_t len, cap;
-    Slot *slots; /* mask + 1 slots (a power of two), at most 3/4 used; NULL while len <= SMALL */
-    uint32_t mask;
-    Name *names; /* nnames used of names_cap */
-    uint32_t nnames, names_cap;
+    Entry *entries;   /* len used of cap, in order of first appearance */
+    Slot *slots;      /* mask + 1 slots (a power of 2), at most 3/4 used; NULL while len <= SMALL */
+    Name *names;      /* nnames used of names_cap */
     Slot *name_slots; /* as slots, over names; NULL while nnames <= SMALL */
-    uint32_t name_mask;
-    char *arena; /* the names' bytes, arena_len used of arena_cap */
-    uint64_t arena_len, arena_cap;
+    char *arena;      /* the names' bytes, arena_len used of arena_cap */
     uint64_t (*high)[2]; /* NULL, or cap pairs: the bits above 64 of each counter */
-    u128 max_count;      /* the largest counter of the hour, for the overflow check */
+    uint32_t len, cap, mask;
+    uint32_t nnames, names_cap, name_mask;
+    uint64_t arena_len, arena_cap;
+    u128 max_count; /* the largest counter of the hour, for the overflow check */
 } Hour;
+_Static_assert(sizeof(Hour) == 112, "an Hour without padding");
 
 static inline const char *
 name_bytes(const Hour *h, uint32_t name)

@@ -403,7 +403,9 @@ table_pack(PyObject *Py_UNUSED(module), PyObject *args)
         }
     }
     /* The map is stale once sorted: not used after this point. */
-    qsort(ps.parts, ps.n, sizeof(Part), part_order);
+    if (ps.n > 1) { /* no parts (no flows): no array to sort */
+        qsort(ps.parts, ps.n, sizeof(Part), part_order);
+    }
     for (uint32_t p = 0; p < ps.n; p++) {
         Pack *pack = ps.parts[p].pack;
         /* Give back the room never used: a pack may wait in a ring buffer for a while. */

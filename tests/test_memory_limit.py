@@ -233,11 +233,11 @@ def test_long_names(server):
 def test_copies_of_one_key(server):
     idle = idle_rss(server)
     copies = 20_000
-    bodies = [body(flow(*long_key(b), hour=3) for _ in range(copies)) for b in range(40)]
+    bodies = [body(flow(*long_key(b), hour=3) for _ in range(copies)) for b in range(16)]
     check_answers(post_all(server, bodies), refusals_expected=False)
     rows = server.rows([3])
     assert {r["src_app"]: (r["bytes_tx"], r["bytes_rx"]) for r in rows} == {
-        long_key(b)[0]: (copies, 2 * copies) for b in range(40)
+        long_key(b)[0]: (copies, 2 * copies) for b in range(16)
     }
     check_memory(server, idle)
 

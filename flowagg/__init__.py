@@ -36,7 +36,7 @@ def create_app(
     from flowagg.metrics import Metrics
     from flowagg.shutdown import exit_on_sigterm
     from flowagg.store.durable import open_durable_store
-    from flowagg.store.memory import PartitionedStore
+    from flowagg.store.memory import PartitionedStore, tune_allocator
     from flowagg.store.redis.store import open_redis_store
     from flowagg.tokens import Tokens, TokensFileError
     from flowagg.web.guard import waitress_hosts
@@ -55,6 +55,11 @@ def create_app(
         app.config["FLOWAGG_LOG_BUFFER_BYTES"],
     )
     log.info("starting", extra={"fields": for_log(settings)})
+    if app.config["FLOWAGG_REDIS_URL"] is None:  # the tables are in this process
+        given = (config or {}).get("FLOWAGG_MAX_MEMORY_BYTES")
+        given = os.environ.get("FLOWAGG_MAX_MEMORY_BYTES") if given is None else given
+        log_memory_limit(app.config["FLOWAGG_MAX_MEMORY_BYTES"], bool(str(given or "").strip()))
+        tune_allocator()
 
     tokens = None
     if app.config["FLOWAGG_TOKENS_FILE"] is not None:
@@ -84,6 +89,7 @@ def create_app(
             max_keys=app.config["FLOWAGG_MAX_KEYS"],
             max_name_bytes=app.config["FLOWAGG_MAX_NAME_BYTES"],
             clock=clock,
+            max_memory_bytes=app.config["FLOWAGG_MAX_MEMORY_BYTES"],
         )
     else:  # replays the log before returning, so traffic is accepted only after recovery
         store = open_durable_store(app.config, metrics, clock)
@@ -100,6 +106,23 @@ def create_app(
     app.extensions["flowagg.access"] = logs.AccessLog(log_buffer, app.config["FLOWAGG_LOG_FORMAT"])
     web.register(app)
     return app
+
+
+def log_memory_limit(limit: int, given: bool) -> None:
+    """One line at start-up: what the tables may hold, and where that figure comes from."""
+    from flowagg.config import memory_available
+
+    if given:
+        log.info("memory: the tables may hold %d bytes (FLOWAGG_MAX_MEMORY_BYTES)", limit)
+    else:
+        available, source = memory_available()
+        log.info(
+            "memory: the tables may hold %d bytes (FLOWAGG_MAX_MEMORY_BYTES unset: a quarter"
+            " of %d bytes, %s)",
+            limit,
+            available,
+            source,
+        )
 
 
 def warn_if_open(hosts: list[str]) -> None:

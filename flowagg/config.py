@@ -8,8 +8,10 @@ environment and from a test config pass through the same parser, so ``FLOWAGG_PA
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -112,6 +114,69 @@ def _redis_url(raw: Any) -> str | None:
     return url
 
 
+# Units of a size: decimal (kB, MB, GB, TB) and binary (KiB, MiB, GiB, TiB; K, M, G, T too).
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+_SIZE = re.compile(r"([0-9]+)\s*([a-z]*)")
+
+
+def _size(minimum: int) -> Callable[[Any], int]:
+    """A number of bytes, whole: ``268435456``, ``256MiB``, ``256M`` (binary), ``2GB``."""
+
+    def parse(raw: Any) -> int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw
+        else:
+            match = _SIZE.fullmatch(str(raw).strip().lower())
+            if match is None or match.group(2) not in _UNITS:
+                raise ValueError("expected a size such as 268435456, 256MiB or 2GB")
+            value = int(match.group(1)) * _UNITS[match.group(2)]
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum} bytes")
+        return value
+
+    return parse
+
+
+def memory_available() -> tuple[int, str]:
+    """The memory this process may use, and where that figure comes from: its cgroup's limit
+    (v2 ``memory.max``, v1 ``memory.limit_in_bytes``) where there is one, else the machine's
+    physical memory."""
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in _cgroup_limit_files():
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < physical:  # "max", or v1's huge number: no limit
+            return int(text), f"the cgroup limit ({path})"
+    return physical, "physical memory"
+
+
+def _cgroup_limit_files() -> list[str]:
+    files = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: one hierarchy
+            files.append(f"/sys/fs/cgroup{path.rstrip('/')}/memory.max")
+        elif "memory" in controllers.split(","):
+            files.append(f"/sys/fs/cgroup/memory{path.rstrip('/')}/memory.limit_in_bytes")
+    return files + ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
+
+
+def default_memory_limit() -> int:
+    """FLOWAGG_MAX_MEMORY_BYTES when unset: a quarter of ``memory_available()``."""
+    return memory_available()[0] // 4
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str  # environment variable and config key
@@ -164,6 +229,14 @@ SETTINGS = (
         20_000_000,
         _int_at_least(1),
         "Key-hours held in all; a POST that would add more is refused whole with 429.",
+    ),
+    Setting(
+        "FLOWAGG_MAX_MEMORY_BYTES",
+        None,
+        _optional(_size(1024 * 1024)),
+        "Bytes the native tables may allocate (a size: 268435456, 256MiB, 2GB); a POST that"
+        " would take them past it is refused whole with 429. Unset: a quarter of the memory"
+        " the process may use (its cgroup's limit, else physical memory).",
     ),
     Setting(
         "FLOWAGG_MAX_NAME_BYTES",
@@ -294,6 +367,8 @@ def resolve(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = No
     for name, raw in (overrides or {}).items():
         setting = next((s for s in SETTINGS if s.name == name), None)
         values[name] = raw if setting is None else _parse(setting, raw)
+    if values.get("FLOWAGG_MAX_MEMORY_BYTES") is None:
+        values["FLOWAGG_MAX_MEMORY_BYTES"] = default_memory_limit()
     unknown = sorted(
         k for k in environ if k.startswith(PREFIX) and k not in DEFAULTS and k not in CLIENT_ONLY
     )

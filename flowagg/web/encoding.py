@@ -45,11 +45,9 @@ def coding(header: str | None) -> str | None:
     )
 
 
-def read_body(stream, header: str | None, limit: int) -> bytes | bytearray:
-    """The body of ``stream`` (a file-like object whose size the server already bounded),
-    decompressed if ``header`` says gzip, at most ``limit`` bytes."""
-    if coding(header) is None:
-        return stream.read()
+def gunzip_body(stream, limit: int) -> bytearray:
+    """The gzip body of ``stream`` (a file-like object whose size the server already bounded),
+    decompressed, at most ``limit`` bytes."""
     return gunzip(iter(lambda: stream.read(STEP), b""), limit)
 
 

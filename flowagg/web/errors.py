@@ -18,6 +18,7 @@ from flowagg.store.base import (
     InvalidRecord,
     KeyLimit,
     KeyReused,
+    MemoryLimit,
     Overloaded,
     QueryTooLarge,
     ReadTimeout,
@@ -86,6 +87,13 @@ def on_unsupported_encoding(exc: UnsupportedEncoding) -> Response:
 def on_key_limit(exc: KeyLimit) -> Response:
     # 429 without Retry-After: retrying does not help until hours expire.
     _reject("key_limit")
+    return error(429, str(exc))
+
+
+@bp.app_errorhandler(MemoryLimit)
+def on_memory_limit(exc: MemoryLimit) -> Response:
+    # As KeyLimit: 429 without Retry-After.
+    _reject("memory_limit")
     return error(429, str(exc))
 
 

@@ -9,8 +9,9 @@ from flask import Blueprint, Response, current_app, request
 
 from flowagg.schema import INT64_MAX, decode_flows
 from flowagg.store.base import MAX_KEY_LENGTH
+from flowagg.web.bodies import read_body
 from flowagg.web.context import get_metrics, get_store
-from flowagg.web.encoding import coding, read_body
+from flowagg.web.encoding import coding, gunzip_body
 from flowagg.web.errors import BadRequest, json_response
 from flowagg.web.formats import csv_response, negotiated, shown, wants_csv
 from flowagg.web.guard import TOKEN
@@ -32,7 +33,7 @@ def _ms(setting: str) -> float:
 
 @bp.post("/flows")
 def post_flows() -> Response:
-    # get_data() reads the raw body whatever the Content-Type (curl -d sends a form type) and
+    # read_body() reads the raw body whatever the Content-Type (curl -d sends a form type) and
     # raises 413 before reading when Content-Length exceeds MAX_CONTENT_LENGTH.
     environ = request.environ
     given = environ.get("HTTP_IDEMPOTENCY_KEY")  # repeated headers arrive joined by ", "
@@ -41,14 +42,18 @@ def post_flows() -> Response:
     if key is not None and token is not None:  # one client's keys never meet another's
         key = f"{token}/{key}"
     app = current_app._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
+    limit = app.config["FLOWAGG_MAX_BODY_BYTES"]
     if coding(environ.get("HTTP_CONTENT_ENCODING")) is None:  # 415 before any byte is read
-        body = request.get_data(cache=False)
+        size, body = request.content_length, None  # read once it may be held
     else:  # gzip: the decompressed size is bounded while decompressing
-        body = read_body(request.stream, "gzip", app.config["FLOWAGG_MAX_BODY_BYTES"])
-    flows = decode_flows(body)
-    accepted = get_store(app).ingest(
-        flows, timeout=app.config["FLOWAGG_ENQUEUE_TIMEOUT_MS"] / 1000, idempotency_key=key
-    )
+        body = gunzip_body(request.stream, limit)
+        size = len(body)
+    with app.extensions["flowagg.bodies"].hold(size):  # large bodies, a few at a time
+        flows = decode_flows(read_body(request) if body is None else body)
+        del body  # a large body's slices let their bytes go as they are stored
+        accepted = get_store(app).ingest(
+            flows, timeout=app.config["FLOWAGG_ENQUEUE_TIMEOUT_MS"] / 1000, idempotency_key=key
+        )
     metrics = get_metrics(app)
     metrics.requests_accepted.inc()
     metrics.flows_accepted.inc(accepted)

@@ -154,11 +154,17 @@ def _document() -> dict[str, Any]:
                         ),
                         "422": _error("Idempotency-Key already used for other flows"),
                         "429": _error(
-                            "The request would add key-hours past FLOWAGG_MAX_KEYS; nothing"
-                            " applied (no Retry-After: retrying does not help until hours expire)"
+                            "The request would add key-hours past FLOWAGG_MAX_KEYS, or take the"
+                            " tables' memory past FLOWAGG_MAX_MEMORY_BYTES (the error names the"
+                            " limit, its value and what is held); nothing applied. No"
+                            " Retry-After: retrying does not help until hours expire, while"
+                            " POSTs that only add to key-hours already held are accepted"
                         ),
                         "503": _error(
-                            "Buffers full past the enqueue timeout; nothing applied", True
+                            "Buffers full past the enqueue timeout, or a body of 1 MiB or more"
+                            " waited 30 s for its turn among the large bodies being decoded;"
+                            " nothing applied",
+                            True,
                         ),
                     },
                 },

@@ -110,7 +110,7 @@ def create_app(
 
 def log_memory_limit(limit: int, given: bool) -> None:
     """One line at start-up: what the tables may hold, and where that figure comes from."""
-    from flowagg.config import memory_available
+    from flowagg.hostmemory import memory_available
 
     if given:
         log.info("memory: the tables may hold %d bytes (FLOWAGG_MAX_MEMORY_BYTES)", limit)

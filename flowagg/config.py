@@ -11,9 +11,10 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from flowagg.hostmemory import default_memory_limit
 
 PREFIX = "FLOWAGG_"
 
@@ -140,41 +141,6 @@ def _size(minimum: int) -> Callable[[Any], int]:
         return value
 
     return parse
-
-
-def memory_available() -> tuple[int, str]:
-    """The memory this process may use, and where that figure comes from: its cgroup's limit
-    (v2 ``memory.max``, v1 ``memory.limit_in_bytes``) where there is one, else the machine's
-    physical memory."""
-    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    for path in _cgroup_limit_files():
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < physical:  # "max", or v1's huge number: no limit
-            return int(text), f"the cgroup limit ({path})"
-    return physical, "physical memory"
-
-
-def _cgroup_limit_files() -> list[str]:
-    files = []
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        if controllers == "":  # v2: one hierarchy
-            files.append(f"/sys/fs/cgroup{path.rstrip('/')}/memory.max")
-        elif "memory" in controllers.split(","):
-            files.append(f"/sys/fs/cgroup/memory{path.rstrip('/')}/memory.limit_in_bytes")
-    return files + ["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"]
-
-
-def default_memory_limit() -> int:
-    """FLOWAGG_MAX_MEMORY_BYTES when unset: a quarter of ``memory_available()``."""
-    return memory_available()[0] // 4
 
 
 @dataclass(frozen=True)

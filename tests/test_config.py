@@ -3,7 +3,8 @@ import os
 import pytest
 
 from flowagg import create_app
-from flowagg.config import DEFAULTS, ConfigError, default_memory_limit, memory_available, resolve
+from flowagg.config import DEFAULTS, ConfigError, resolve
+from flowagg.hostmemory import default_memory_limit, memory_available
 
 
 def test_defaults():

@@ -95,7 +95,7 @@ check-native: $(NATIVE)
 		LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 		$(abspath $(BIN))/python -m pytest -q -p no:cacheprovider \
 		tests/test_table.py tests/test_query.py tests/test_partition.py tests/test_api.py \
-		tests/test_concurrency.py
+		tests/test_concurrency.py tests/test_packed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build flowagg/store/table.*.so

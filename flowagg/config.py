@@ -278,6 +278,13 @@ SETTINGS = (
         _int_at_least(1),
         "How long one Redis round trip, and a commit's resends after refusals, may take.",
     ),
+    Setting(
+        "FLOWAGG_REDIS_WAIT_REPLICAS",
+        0,
+        _int_at_least(0),
+        "Replicas of each primary that must have a commit (Redis WAIT) before its POST is"
+        " answered 200; 0 does not wait.",
+    ),
 )
 
 DEFAULTS = {s.name: s.default for s in SETTINGS}

@@ -31,6 +31,7 @@ def test_defaults():
         "FLOWAGG_REDIS_URL": None,
         "FLOWAGG_REDIS_BUCKETS": 16,
         "FLOWAGG_REDIS_TIMEOUT_MS": 2_000,
+        "FLOWAGG_REDIS_WAIT_REPLICAS": 0,
     }
 
 

@@ -1,81 +1,172 @@
-#!lua name=flowagg_v1
+#!lua name=flowagg_v2
 --[[
-The flowagg Redis Functions library, version 1 (flowagg/store/redis/layout.py names the keys).
-FUNCTION LOAD REPLACE loads it on every primary at start-up, and again on a primary that answers
-"Function not found" (one promoted by a failover that never had it).
+The flowagg Redis Functions library, version 2 (flowagg/store/redis/layout.py names the keys and
+draws the bucket list). FUNCTION LOAD REPLACE loads it on every primary before its first call, and
+again on a primary that answers "Function not found" (one promoted by a failover that never had it).
 
-Lua numbers are doubles, so no counter ever becomes one here: increments arrive as decimal
-strings and go to HINCRBY as they are. Each counter is two integer fields: the low part, kept in
-[0, 2^63-1], and the carry, the number of 2^63s on top of it. When adding to the low part
-overflows (HINCRBY answers "increment or decrement would overflow" and changes nothing), 2^63 is
-taken out of the low part first (low - 2^63 is in [-2^63, -1], a valid integer), the increment
-added (the result is in [0, 2^63-2]) and 1 added to the carry. Nothing is checked or converted in
-Lua beyond that, so the value is exact at any size.
+A bucket is a list: its header, then base chunks (packed rows summed by a compaction), then deltas
+(packed rows appended by commits). Nothing here reads a counter: packed rows are opaque bytes, summed
+by the instances (in C), so Redis does O(1) commands per bucket and step whatever the rows.
 
-flowagg_v1_commit: one bucket of one hour, one group commit of an instance.
-  KEYS[1]       the bucket's hash                  flowagg:v1:h:{T}:H:b
-  KEYS[1 + i]   the marker of keyed request i      flowagg:v1:idem:{T}:H:b:<Idempotency-Key>
-  ARGV[1]       the markers' time to live, in seconds
-  ARGV[2..]     contributions: the unkeyed one first, then one per keyed request (in KEYS order).
-                Each is `n_small n_wide` followed by n_small times `key tx rx` (counters below
-                2^63) and n_wide times `key tx_low tx_carry rx_low rx_carry`; `key` is the flow
-                key's encoding, to which the tags t, T, r, R are prepended for the four fields.
-  A keyed contribution is applied only if its marker did not exist (SET NX with the TTL, in the
-  same call): a retry of a request applies the buckets it is missing and skips the others.
-  Returns the number of keyed contributions that were applied now (the rest were already).
+The header is "<token>:<folded>:<base>:<base_bytes>:<pending>:<rows>": a token that changes at
+every compaction, how many deltas the base chunks fold, how many base chunks follow the header and
+their bytes, the bytes of the deltas after them, and the rows of the base plus those of every delta
+(a bound on the keys of the bucket, exact once compacted). Numbers stay far below 2^53, so Lua's
+doubles hold them exactly.
 ]]
 
-local MINUS_2_63 = '-9223372036854775808'
-
--- Adds `low` (and `carry` 2^63s) to the counter of flow key `key` whose fields are tagged
--- `tag` (low part) and `carry_tag` (carry); the carry field is touched only when needed.
-local function add(hash, tag, carry_tag, key, low, carry)
-  local reply = redis.pcall('HINCRBY', hash, tag .. key, low)
-  if type(reply) == 'table' then
-    if not string.find(reply.err, 'overflow', 1, true) then
-      error(reply.err) -- not a counter (another program's key): the first write fails
-    end
-    redis.call('HINCRBY', hash, tag .. key, MINUS_2_63)
-    redis.call('HINCRBY', hash, tag .. key, low)
-    redis.call('HINCRBY', hash, carry_tag .. key, 1)
+local function parse(header)
+  local token, folded, base, base_bytes, pending, rows =
+    string.match(header, '^(%x+):(%d+):(%d+):(%d+):(%d+):(%d+)$')
+  if not token then
+    error('flowagg: not a bucket header')
   end
-  if carry ~= '0' then
-    redis.call('HINCRBY', hash, carry_tag .. key, carry)
-  end
+  return token, tonumber(folded), tonumber(base), tonumber(base_bytes), tonumber(pending),
+    tonumber(rows)
 end
 
--- Applies the contribution starting at ARGV[at] if `apply`; returns the index after it.
-local function contribution(hash, args, at, apply)
-  local small, wide = tonumber(args[at]), tonumber(args[at + 1])
-  at = at + 2
-  if apply then
-    for i = at, at + 3 * small - 1, 3 do
-      add(hash, 't', 'T', args[i], args[i + 1], '0')
-      add(hash, 'r', 'R', args[i], args[i + 2], '0')
-    end
-  end
-  at = at + 3 * small
-  if apply then
-    for i = at, at + 5 * wide - 1, 5 do
-      add(hash, 't', 'T', args[i], args[i + 1], args[i + 2])
-      add(hash, 'r', 'R', args[i], args[i + 3], args[i + 4])
-    end
-  end
-  return at + 5 * wide
+local function header(token, folded, base, base_bytes, pending, rows)
+  return string.format('%s:%d:%d:%d:%d:%d', token, folded, base, base_bytes, pending, rows)
 end
 
+--[[
+flowagg_v2_commit: append one group commit's deltas to a bucket.
+  KEYS[1]      the bucket list                flowagg:v2:h:{T}:H:b
+  KEYS[1 + i]  the marker of keyed delta i    flowagg:v2:idem:{T}:H:b:c:<Idempotency-Key>
+  ARGV[1]      EXPIREAT of the bucket (unix seconds; 0: none), from its hour alone
+  ARGV[2]      the markers' time to live, in seconds
+  ARGV[3]      the token of the header, should this call create the list
+  ARGV[4]      n, the number of unkeyed deltas;  ARGV[5] their rows
+  ARGV[6 .. 5 + n]  those deltas
+  ARGV[6 + n ..]    for each marker in KEYS order: its delta's rows, then the delta
+A keyed delta is appended only if its marker did not exist, and the marker is set in the same
+call: every check comes before the first write, and no write can fail after it, so the deltas,
+the markers, the header and the expiry are applied together or not at all. An expiry already
+past deletes the list at once: a late commit to an expired hour leaves nothing.
+Returns {length of the list, base bytes, pending bytes, keyed deltas appended now}.
+]]
 local function commit(keys, args)
-  local hash, ttl = keys[1], args[1]
-  local at = contribution(hash, args, 2, true)
-  local applied = 0
-  for i = 2, #keys do
-    local fresh = redis.call('SET', keys[i], '1', 'NX', 'EX', ttl)
-    if fresh then
-      applied = applied + 1
-    end
-    at = contribution(hash, args, at, fresh)
+  local list, expire_at, ttl, n = keys[1], args[1], args[2], tonumber(args[4])
+  local push, fresh, bytes, added = {}, {}, 0, tonumber(args[5])
+  for i = 6, 5 + n do
+    push[#push + 1] = args[i]
+    bytes = bytes + #args[i]
   end
-  return applied
+  for k = 2, #keys do
+    if redis.call('EXISTS', keys[k]) == 0 then
+      local at = 5 + n + 2 * (k - 1)
+      push[#push + 1] = args[at]
+      bytes = bytes + #args[at]
+      added = added + tonumber(args[at - 1])
+      fresh[#fresh + 1] = keys[k]
+    end
+  end
+  local current = redis.call('LINDEX', list, 0)
+  local token, folded, base, base_bytes, pending, rows = args[3], 0, 0, 0, 0, 0
+  if current then
+    token, folded, base, base_bytes, pending, rows = parse(current)
+  end
+  if #push == 0 then
+    return {redis.call('LLEN', list), base_bytes, pending, 0}
+  end
+  if not current then
+    redis.call('RPUSH', list, 'new')
+  end
+  local length = redis.call('RPUSH', list, unpack(push))
+  redis.call('LSET', list, 0, header(token, folded, base, base_bytes, pending + bytes, rows + added))
+  for _, marker in ipairs(fresh) do
+    redis.call('SET', marker, '1', 'EX', ttl)
+  end
+  if expire_at ~= '0' then
+    redis.call('EXPIREAT', list, expire_at)
+  end
+  return {length, base_bytes, pending + bytes, #fresh}
 end
 
-redis.register_function('flowagg_v1_commit', commit)
+--[[
+flowagg_v2_compact: fold the first elements of a bucket into new base chunks, if nothing else
+folded them since they were read.
+  KEYS[1]   the bucket list
+  ARGV[1]   the token of the header as read;  ARGV[2] how many elements were read (header included)
+  ARGV[3]   the bytes of the deltas among them;  ARGV[4] the header's rows as read
+  ARGV[5]   the new token;  ARGV[6] the rows of the new base
+  ARGV[7]   EXPIREAT of the bucket (0: none);  ARGV[8 ..] the new base chunks, in order
+The read elements are summed in the new chunks; elements appended since stay after them. A token
+that changed means another compaction came first: nothing is done, so a compaction applies at
+most once, and sending it again is safe. Returns 1 if applied, else 0.
+]]
+local function compact(keys, args)
+  local list = keys[1]
+  local current = redis.call('LINDEX', list, 0)
+  if not current then
+    return 0
+  end
+  local token, folded, base, _, pending, rows = parse(current)
+  if token ~= args[1] then
+    return 0
+  end
+  local read = tonumber(args[2])
+  local chunks, bytes = {}, 0
+  for i = #args, 8, -1 do
+    chunks[#chunks + 1] = args[i]
+    bytes = bytes + #args[i]
+  end
+  chunks[#chunks + 1] = header(args[5], folded + read - 1 - base, #args - 7, bytes,
+    pending - tonumber(args[3]), tonumber(args[6]) + rows - tonumber(args[4]))
+  redis.call('LTRIM', list, read, -1)
+  redis.call('LPUSH', list, unpack(chunks))
+  if args[7] ~= '0' then
+    redis.call('EXPIREAT', list, args[7])
+  end
+  return 1
+end
+
+--[[
+flowagg_v2_read: what a reader that has already summed the first `seen` deltas of a bucket (the
+base's and those after it) needs. ARGV[1] is `seen`, or -1 for everything.
+Returns the header followed by the deltas from number `seen` on, if the base folds no more than
+`seen` deltas; otherwise (or with -1) the whole list. {} if the bucket does not exist.
+]]
+local function read(keys, args)
+  local list, seen = keys[1], tonumber(args[1])
+  local current = redis.call('LINDEX', list, 0)
+  if not current then
+    return {}
+  end
+  local _, folded, base = parse(current)
+  if seen < folded then
+    return redis.call('LRANGE', list, 0, -1)
+  end
+  local rest = redis.call('LRANGE', list, base + 1 + seen - folded, -1)
+  table.insert(rest, 1, current)
+  return rest
+end
+
+--[[
+flowagg_v2_hours: list hours in the set of hours that hold data, and forget the expired ones.
+  KEYS[1]   the set (a sorted set: member the hour, score its EXPIREAT, +inf for none)
+  ARGV      pairs of EXPIREAT (0: none) and hour
+An hour whose expiry has passed on this primary's clock is not listed, and every hour whose expiry
+has passed is removed. Returns {hours listed, hours removed}.
+]]
+local function hours(keys, args)
+  local now = tonumber(redis.call('TIME')[1])
+  local listed = 0
+  for i = 1, #args, 2 do
+    local expire_at = tonumber(args[i])
+    if expire_at == 0 then
+      redis.call('ZADD', keys[1], '+inf', args[i + 1])
+      listed = listed + 1
+    elseif expire_at > now then
+      redis.call('ZADD', keys[1], args[i], args[i + 1])
+      listed = listed + 1
+    end
+  end
+  local removed = redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', '(' .. now)
+  return {listed, removed}
+end
+
+redis.register_function('flowagg_v2_commit', commit)
+redis.register_function('flowagg_v2_compact', compact)
+redis.register_function{function_name = 'flowagg_v2_read', callback = read, flags = {'no-writes'}}
+redis.register_function('flowagg_v2_hours', hours)

@@ -139,8 +139,7 @@ _APPLIED = {
 _APPLIED_WITHOUT_KEY = {
     **_APPLIED,
     "partly": "part of the request was applied: retrying it counts that part twice",
-    "maybe": "some or all of the request may have been applied: retrying it may count flows"
-    " twice",
+    "maybe": "some or all of the request may have been applied: retrying it may count flows twice",
 }
 
 

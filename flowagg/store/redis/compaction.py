@@ -14,7 +14,6 @@ reader, which reads a bucket in one command, sees it before or after, both of th
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -27,13 +26,11 @@ from flowagg.store.table import Sums
 log = logging.getLogger("flowagg.redis")
 
 MAX_QUEUED = 10_000  # buckets waiting; beyond, requests are dropped (the next commit asks again)
-
-
-def parse_header(header: bytes) -> tuple[str, int, int, int, int, int]:
-    """(token, folded, base chunks, base bytes, pending bytes, rows) of a bucket's header."""
-    token, *numbers = header.decode().split(":")
-    folded, base, base_bytes, pending, rows = map(int, numbers)
-    return token, folded, base, base_bytes, pending, rows
+# A bucket is folded once its deltas pass both FOLD_BYTES and half its base, or number
+# FOLD_DELTAS: each byte is then rewritten a bounded number of times, and a read sums a base and
+# at most about half as much again.
+FOLD_BYTES = 32 * 1024
+FOLD_DELTAS = 256
 
 
 class Compactor:
@@ -75,18 +72,22 @@ class Compactor:
             raise ConnectionError(f"cannot read {key}: {read.error}")
         if not read.reply:
             return False
-        token, _folded, base, _base_bytes, _pending, rows = parse_header(read.reply[0])
-        elements = read.reply[1:]
-        if len(elements) <= base + (1 if base == 0 else 0):
-            return False  # nothing to fold
+        header, *elements = read.reply
+        base = layout.base_chunks(header)
+        deltas = len(elements) - base
+        delta_bytes = sum(len(e) for e in elements[base:])
+        base_bytes = sum(len(e) for e in elements[:base])
+        worth = delta_bytes >= max(FOLD_BYTES, base_bytes // 2) or deltas >= FOLD_DELTAS
+        if deltas < 2 or not worth:
+            return False
         sums = Sums(hour)
         sums.add(elements)
         chunks = sums.pack(layout.CHUNK_ROWS, layout.CHUNK_BYTES)
-        delta_bytes = sum(len(e) for e in elements[base:])
-        args = (token, len(read.reply), delta_bytes, rows, os.urandom(8).hex(), len(sums))
+        new = layout.new_header(len(chunks))
+        expire_at = self.retention.expire_at(hour)
         call = Call(
             key,
-            ("FCALL", layout.COMPACT_FUNCTION, 1, key, *args, self.retention.expire_at(hour),
+            ("FCALL", layout.COMPACT_FUNCTION, 1, key, header, len(read.reply), new, expire_at,
              *chunks),
             write=True,
         )  # fmt: skip

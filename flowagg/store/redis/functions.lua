@@ -6,140 +6,97 @@ again on a primary that answers "Function not found" (one promoted by a failover
 
 A bucket is a list: its header, then base chunks (packed rows summed by a compaction), then deltas
 (packed rows appended by commits). Nothing here reads a counter: packed rows are opaque bytes, summed
-by the instances (in C), so Redis does O(1) commands per bucket and step whatever the rows.
-
-The header is "<token>:<folded>:<base>:<base_bytes>:<pending>:<rows>": a token that changes at
-every compaction, how many deltas the base chunks fold, how many base chunks follow the header and
-their bytes, the bytes of the deltas after them, and the rows of the base plus those of every delta
-(a bound on the keys of the bucket, exact once compacted). Numbers stay far below 2^53, so Lua's
-doubles hold them exactly.
+by the instances (in C), so Redis does O(1) commands per bucket and step whatever the rows. The
+header is "<token>:<base chunks>"; only a compaction changes it, with a new token. The functions
+do as little as they can: a commit is about as cheap as a plain RPUSH and EXPIREAT sent in a
+MULTI (Lua's string functions, used on every commit, once cost more than the rest together).
 ]]
-
-local function parse(header)
-  local token, folded, base, base_bytes, pending, rows =
-    string.match(header, '^(%x+):(%d+):(%d+):(%d+):(%d+):(%d+)$')
-  if not token then
-    error('flowagg: not a bucket header')
-  end
-  return token, tonumber(folded), tonumber(base), tonumber(base_bytes), tonumber(pending),
-    tonumber(rows)
-end
-
-local function header(token, folded, base, base_bytes, pending, rows)
-  return string.format('%s:%d:%d:%d:%d:%d', token, folded, base, base_bytes, pending, rows)
-end
 
 --[[
-flowagg_v2_commit: append one group commit's deltas to a bucket.
-  KEYS[1]      the bucket list                flowagg:v2:h:{T}:H:b
-  KEYS[1 + i]  the marker of keyed delta i    flowagg:v2:idem:{T}:H:b:c:<Idempotency-Key>
-  ARGV[1]      EXPIREAT of the bucket (unix seconds; 0: none), from its hour alone
-  ARGV[2]      the markers' time to live, in seconds
-  ARGV[3]      the token of the header, should this call create the list
-  ARGV[4]      n, the number of unkeyed deltas;  ARGV[5] their rows
-  ARGV[6 .. 5 + n]  those deltas
-  ARGV[6 + n ..]    for each marker in KEYS order: its delta's rows, then the delta
+flowagg_v2_commit: append one group commit's deltas to buckets of one slot (the same bucket of
+hours of one day: layout.py).
+  KEYS[1 .. k]   the bucket lists                 flowagg:v2:h:{T}:H:b
+  KEYS[k + 1 ..] the markers of the keyed deltas  flowagg:v2:idem:{T}:H:b:c:<Idempotency-Key>
+  ARGV[1]        k;  ARGV[2] the markers' time to live, in seconds
+  ARGV[3]        the header of a list this call creates
+  then for each list, in KEYS order: its EXPIREAT (unix seconds, from its hour alone; 0: none),
+  n, m, n unkeyed deltas, then m keyed deltas, the i-th keyed delta of the call going with the
+  i-th marker.
 A keyed delta is appended only if its marker did not exist, and the marker is set in the same
-call: every check comes before the first write, and no write can fail after it, so the deltas,
-the markers, the header and the expiry are applied together or not at all. An expiry already
-past deletes the list at once: a late commit to an expired hour leaves nothing.
-Returns {length of the list, base bytes, pending bytes, keyed deltas appended now}.
+call. Every check comes before the first write and no write can fail after it, so the deltas, the
+markers and the expiries are applied together or not at all. A list gets its expiry when it is
+created (the call that creates it sets it; a compaction sets it again), and an expiry already past
+deletes it at once: a late commit to an expired hour leaves nothing. Returns the lists' lengths.
 ]]
 local function commit(keys, args)
-  local list, expire_at, ttl, n = keys[1], args[1], args[2], tonumber(args[4])
-  local push, fresh, bytes, added = {}, {}, 0, tonumber(args[5])
-  for i = 6, 5 + n do
-    push[#push + 1] = args[i]
-    bytes = bytes + #args[i]
+  local k, ttl, header = tonumber(args[1]), args[2], args[3]
+  local at, marker, plan, fresh = 4, k + 1, {}, {}
+  for i = 1, k do
+    local expire_at, n, m = args[at], tonumber(args[at + 1]), tonumber(args[at + 2])
+    local push = {}
+    for j = at + 3, at + 2 + n do
+      push[#push + 1] = args[j]
+    end
+    at = at + 3 + n
+    for j = at, at + m - 1 do
+      if redis.call('EXISTS', keys[marker]) == 0 then
+        push[#push + 1] = args[j]
+        fresh[#fresh + 1] = keys[marker]
+      end
+      marker = marker + 1
+    end
+    at = at + m
+    plan[i] = {expire_at, push}
   end
-  for k = 2, #keys do
-    if redis.call('EXISTS', keys[k]) == 0 then
-      local at = 5 + n + 2 * (k - 1)
-      push[#push + 1] = args[at]
-      bytes = bytes + #args[at]
-      added = added + tonumber(args[at - 1])
-      fresh[#fresh + 1] = keys[k]
+  local lengths = {}
+  for i = 1, k do
+    local expire_at, push = plan[i][1], plan[i][2]
+    if #push == 0 then
+      lengths[i] = redis.call('LLEN', keys[i])
+    else
+      local length = redis.call('RPUSH', keys[i], unpack(push))
+      if length == #push then -- the list is new: its header goes first, and its expiry
+        length = redis.call('LPUSH', keys[i], header)
+        if expire_at ~= '0' then
+          redis.call('EXPIREAT', keys[i], expire_at)
+        end
+      end
+      lengths[i] = length
     end
   end
-  local current = redis.call('LINDEX', list, 0)
-  local token, folded, base, base_bytes, pending, rows = args[3], 0, 0, 0, 0, 0
-  if current then
-    token, folded, base, base_bytes, pending, rows = parse(current)
+  for _, key in ipairs(fresh) do
+    redis.call('SET', key, '1', 'EX', ttl)
   end
-  if #push == 0 then
-    return {redis.call('LLEN', list), base_bytes, pending, 0}
-  end
-  if not current then
-    redis.call('RPUSH', list, 'new')
-  end
-  local length = redis.call('RPUSH', list, unpack(push))
-  redis.call('LSET', list, 0, header(token, folded, base, base_bytes, pending + bytes, rows + added))
-  for _, marker in ipairs(fresh) do
-    redis.call('SET', marker, '1', 'EX', ttl)
-  end
-  if expire_at ~= '0' then
-    redis.call('EXPIREAT', list, expire_at)
-  end
-  return {length, base_bytes, pending + bytes, #fresh}
+  return lengths
 end
 
 --[[
 flowagg_v2_compact: fold the first elements of a bucket into new base chunks, if nothing else
 folded them since they were read.
   KEYS[1]   the bucket list
-  ARGV[1]   the token of the header as read;  ARGV[2] how many elements were read (header included)
-  ARGV[3]   the bytes of the deltas among them;  ARGV[4] the header's rows as read
-  ARGV[5]   the new token;  ARGV[6] the rows of the new base
-  ARGV[7]   EXPIREAT of the bucket (0: none);  ARGV[8 ..] the new base chunks, in order
-The read elements are summed in the new chunks; elements appended since stay after them. A token
+  ARGV[1]   the header as read;  ARGV[2] how many elements were read (header included)
+  ARGV[3]   the new header;  ARGV[4] EXPIREAT of the bucket (0: none)
+  ARGV[5 ..]  the new base chunks, in order
+The read elements are summed in the new chunks; elements appended since stay after them. A header
 that changed means another compaction came first: nothing is done, so a compaction applies at
 most once, and sending it again is safe. Returns 1 if applied, else 0.
 ]]
 local function compact(keys, args)
   local list = keys[1]
-  local current = redis.call('LINDEX', list, 0)
-  if not current then
+  if redis.call('LINDEX', list, 0) ~= args[1] then
     return 0
   end
-  local token, folded, base, _, pending, rows = parse(current)
-  if token ~= args[1] then
-    return 0
+  local head = {}
+  for i = #args, 5, -1 do
+    head[#head + 1] = args[i]
   end
-  local read = tonumber(args[2])
-  local chunks, bytes = {}, 0
-  for i = #args, 8, -1 do
-    chunks[#chunks + 1] = args[i]
-    bytes = bytes + #args[i]
-  end
-  chunks[#chunks + 1] = header(args[5], folded + read - 1 - base, #args - 7, bytes,
-    pending - tonumber(args[3]), tonumber(args[6]) + rows - tonumber(args[4]))
-  redis.call('LTRIM', list, read, -1)
-  redis.call('LPUSH', list, unpack(chunks))
-  if args[7] ~= '0' then
-    redis.call('EXPIREAT', list, args[7])
+  head[#head + 1] = args[3]
+  redis.call('LTRIM', list, tonumber(args[2]), -1)
+  redis.call('LPUSH', list, unpack(head))
+  if args[4] ~= '0' then
+    redis.call('EXPIREAT', list, args[4])
   end
   return 1
-end
-
---[[
-flowagg_v2_read: what a reader that has already summed the first `seen` deltas of a bucket (the
-base's and those after it) needs. ARGV[1] is `seen`, or -1 for everything.
-Returns the header followed by the deltas from number `seen` on, if the base folds no more than
-`seen` deltas; otherwise (or with -1) the whole list. {} if the bucket does not exist.
-]]
-local function read(keys, args)
-  local list, seen = keys[1], tonumber(args[1])
-  local current = redis.call('LINDEX', list, 0)
-  if not current then
-    return {}
-  end
-  local _, folded, base = parse(current)
-  if seen < folded then
-    return redis.call('LRANGE', list, 0, -1)
-  end
-  local rest = redis.call('LRANGE', list, base + 1 + seen - folded, -1)
-  table.insert(rest, 1, current)
-  return rest
 end
 
 --[[
@@ -168,5 +125,4 @@ end
 
 redis.register_function('flowagg_v2_commit', commit)
 redis.register_function('flowagg_v2_compact', compact)
-redis.register_function{function_name = 'flowagg_v2_read', callback = read, flags = {'no-writes'}}
 redis.register_function('flowagg_v2_hours', hours)

@@ -11,16 +11,18 @@ Every key carries the layout's version in its prefix, so a new layout never read
 The hash tag ``{T}`` puts a bucket and its idempotency markers in one slot, so one function
 call updates both atomically. An hour is spread over ``buckets`` lists by the crc32 of the flow
 key (the same in every instance, never Python's ``hash()``), and the buckets over the cluster: ``T``
-is a short string whose slot is the bucket's, and bucket b of hour H takes slot ``(crc32(H) + b *
-16384 / buckets) % 16384``, so an hour's buckets sit at even intervals of the slot space and each
-primary (which ``redis-cli --cluster create`` gives an equal range of slots) holds its share of
-them, 5 or 6 of 16 over 3 primaries. A tag ``{H:b}`` would leave that to chance: hour 5's 16
-buckets fell 8, 4 and 4 on three primaries.
+is a short string whose slot is the bucket's, and bucket b of hour H takes slot ``(crc32(D) + b *
+16384 / buckets) % 16384`` where D is the hour's day (H // 24), so an hour's buckets sit at even
+intervals of the slot space and each primary (which ``redis-cli --cluster create`` gives an equal
+range of slots) holds its share of them, 5 or 6 of 16 over 3 primaries. A tag ``{H:b}`` would
+leave that to chance: hour 5's 16 buckets fell 8, 4 and 4 on three primaries. Bucket b of every
+hour of a day shares one slot, so a commit of flows spread over a day writes bucket b of all its
+hours in one call; days move the offset, so data spreads over the slot space as days pass.
 
 A bucket is a Redis list of packed blobs (the native ``table`` module writes and sums them; see
 ``flowagg/store/native/packed.c`` for the bytes)::
 
-    [header, base chunk 1 .. base chunk k, delta 1, delta 2, ...]
+    [header, base chunk 1 .. base chunk k, delta 1, delta 2, ...]      header: "<token>:<k>"
 
 Each group commit appends one delta per bucket it touches (its sums of the bucket's keys), so Redis
 does a few commands per bucket and commit, whatever the number of keys: it never reads a counter.
@@ -37,6 +39,7 @@ primaries that differ a little; instances answer ``[]`` for an hour below the wi
 from __future__ import annotations
 
 import functools
+import os
 import zlib
 from binascii import crc_hqx
 
@@ -59,6 +62,7 @@ EXPIRY_MARGIN_S = 600  # how long a bucket outlives its hour's window
 
 
 SLOTS = 16384  # Redis Cluster's hash slots
+HOURS_PER_SLOT = 24  # hours whose bucket b shares a slot
 
 
 @functools.cache
@@ -90,10 +94,12 @@ _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def slot_of(hour: int, bucket: int, buckets: int) -> int:
-    """The slot of bucket ``bucket`` of ``hour``: even intervals from an hour's own offset."""
-    return (zlib.crc32(str(hour).encode()) + bucket * SLOTS // buckets) % SLOTS
+    """The slot of bucket ``bucket`` of ``hour``: even intervals from an offset of the hour's
+    day, so that bucket b of every hour of a day shares one slot (one call writes them all)."""
+    return (zlib.crc32(str(hour // HOURS_PER_SLOT).encode()) + bucket * SLOTS // buckets) % SLOTS
 
 
+@functools.lru_cache(maxsize=16384)
 def bucket_key(hour: int, bucket: int, buckets: int) -> str:
     return f"{PREFIX}h:{{{slot_tags()[slot_of(hour, bucket, buckets)]}}}:{hour}:{bucket}"
 
@@ -105,6 +111,16 @@ def marker_key(hour: int, bucket: int, buckets: int, chunk: int, idempotency_key
 
 def request_key(idempotency_key: str) -> str:
     return f"{PREFIX}key:{idempotency_key}"
+
+
+def new_header(base_chunks: int = 0) -> str:
+    """A bucket list's header: a token no other header has, and how many base chunks follow."""
+    return f"{os.urandom(8).hex()}:{base_chunks}"
+
+
+def base_chunks(header: bytes) -> int:
+    """How many base chunks follow a header."""
+    return int(header.rpartition(b":")[2])
 
 
 def layout_record(buckets: int, retention_hours: int | None) -> str:

@@ -31,9 +31,10 @@ class LayoutCheck:
         self.verified = False  # set once, never cleared: a plain flag read without a lock
         self.mismatch: str | None = None
 
-    def ensure(self, deadline: float) -> None:
+    def ensure(self, deadline: float, quiet: bool = False) -> None:
         """Return once this instance's layout is the recorded one; ``LayoutMismatch`` if it is
-        not, ``Unreachable`` (nothing applied) if Redis could not be asked."""
+        not (logged unless ``quiet``: at start-up the refusal says it), ``Unreachable``
+        (nothing applied) if Redis could not be asked."""
         if self.verified:
             return
         if self.mismatch is not None:
@@ -52,7 +53,8 @@ class LayoutCheck:
             f" {self.record!r}: FLOWAGG_REDIS_BUCKETS and FLOWAGG_RETENTION_HOURS must be the"
             " same on every instance"
         )
-        log.error("redis: %s", self.mismatch)
+        if not quiet:
+            log.error("redis: %s", self.mismatch)
         raise LayoutMismatch(self.mismatch)
 
     def problems(self) -> list[str]:

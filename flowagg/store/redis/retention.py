@@ -10,14 +10,16 @@ No instance deletes anything. Every write to a bucket sets its ``EXPIREAT`` from
 (layout.expire_at), in the same function call, and Redis deletes it then; a write that comes after
 that moment (a step that waited) deletes what it wrote at once.
 
-The hours that may hold data are a sorted set in Redis, each hour scored with its expiry. A commit
-step lists its hours there (``flowagg_v2_hours``) and only once that is done sends their buckets,
-so no bucket exists for an hour that is not listed; it does so at every step, whatever it did
-before, so an hour whose listing was lost (a failover) is listed again by its next write, and an
-hour written again after it expired is listed again too. The same call removes every hour whose
-expiry has passed on the clock of the set's primary, so the set never keeps an expired hour. A
-listed hour is reported as held only if one of its buckets exists (a step listed it and then could
-not write it) and it is not below the window.
+The hours that may hold data are a sorted set in Redis, each hour scored with its expiry. The
+first commit step of an instance that writes an hour lists it there (``flowagg_v2_hours``) in a
+round of its own, and only once that is done sends its buckets, so no bucket exists for an hour
+that is not listed. Every later step lists its hours again in the same round as its buckets, so an
+hour whose listing was lost (a failover) is listed again by its next write; a listing that fails
+makes the next step list strictly again. The same call removes every hour whose expiry has passed
+on the clock of the set's primary, so the set never keeps an expired hour; an hour written again
+after it expired leaves nothing to list (its buckets delete themselves). A listed hour is reported
+as held only if one of its buckets exists (a step listed it and then could not write it) and it is
+not below the window.
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ class Retention:
         self.retention_hours = retention_hours
         self.window = Window(retention_hours, max_future_hours, clock.now)
         self.max_name_bytes = max_name_bytes
-        # Guards hours_dropped.
+        # Guards hours_dropped and _listed.
         self._lock = threading.Lock()
         self.hours_dropped = 0  # listed hours this instance's steps found expired and removed
+        self._listed: set[int] = set()  # hours a listing call of this instance has listed
 
     def check(self, flows: list[Flow]) -> None:
         """Raise ``InvalidRecord`` for the first record outside the window or with a name over
@@ -70,12 +73,23 @@ class Retention:
         key = layout.HOURS_KEY
         return Call(key, ("FCALL", layout.HOURS_FUNCTION, 1, key, *pairs), write=True)
 
-    def listed(self, call: Call) -> None:
-        """Note what a listing call that succeeded removed."""
-        removed = call.reply[1] if isinstance(call.reply, list) else 0
-        if removed:
-            with self._lock:
-                self.hours_dropped += removed
+    def unlisted(self, hours: list[int]) -> list[int]:
+        """Those of ``hours`` that this instance has not listed yet (or not since a listing
+        failed): they must be listed before their buckets are written."""
+        cutoff = self.cutoff()
+        with self._lock:
+            self._listed = {h for h in self._listed if h >= cutoff}
+            return [h for h in hours if h not in self._listed]
+
+    def listed(self, call: Call, hours: list[int]) -> None:
+        """Note the outcome of a listing call of ``hours``, and what it removed."""
+        with self._lock:
+            if call.state != "done":
+                self._listed.difference_update(hours)  # listed strictly again next time
+                return
+            self._listed.update(hours)
+            if isinstance(call.reply, list):
+                self.hours_dropped += call.reply[1]
 
     def members(self) -> Call:
         key = layout.HOURS_KEY

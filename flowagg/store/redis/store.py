@@ -42,7 +42,7 @@ from flowagg.store.memory import partition_problems
 from flowagg.store.redis.client import Call, NoNode, RedisClient
 from flowagg.store.redis.clock import RedisClock
 from flowagg.store.redis.commit import APPLIED, MAYBE, NOTHING, PARTLY, CommitPartition
-from flowagg.store.redis.compaction import Compactor, parse_header
+from flowagg.store.redis.compaction import Compactor
 from flowagg.store.redis.idempotency import RequestKeys, fingerprint
 from flowagg.store.redis.meta import LayoutCheck
 from flowagg.store.redis.retention import Retention, bucket_keys
@@ -120,7 +120,7 @@ class RedisStore:
         deadline = time.monotonic() + self.timeout_s
         try:
             topology = self.client.topology(deadline)
-            self.layout.ensure(deadline)
+            self.layout.ensure(deadline, quiet=True)
             self.clock.sync(deadline)
         except (NoNode, Unreachable) as exc:
             log.warning("redis: %s; retrying on use", exc)
@@ -270,21 +270,23 @@ class RedisStore:
         return self.window.with_data(hours, checks)
 
     def _scanner(self, query_: Query, timeout: float | None) -> query.Scan:
-        """Wait for this instance's commits of the range, refuse a query over too many
-        key-hours, then load every hour of the range that holds data once, for every scan."""
+        """Wait for this instance's commits of the range, then load every hour of the range
+        that holds data once, for every scan; a query over more key-hours than the limit is
+        refused (``QueryTooLarge``) as soon as the hours loaded pass it, before any scan."""
         deadline = self._read_deadline(timeout)
         n = len(self.partitions)
         touched = range(n) if len(query_.hours) >= n else {h % n for h in query_.hours}
         for index in sorted(touched):
             self.partitions[index].flush(remaining(deadline))
         hours = self._stored_hours(query_.hours, deadline)
-        if self.max_query_rows is not None:
-            self._check_size(hours, deadline)
-        tables = table.HourTables()
+        tables, held = table.HourTables(), 0
         for i, hour in enumerate(hours):
             # The first round shares the query's deadline; each later one, once the one before
             # answered, has a round trip's time of its own.
             sums = self._sums(hour, deadline if i == 0 else self._read_deadline(None), False)
+            held += len(sums)
+            if self.max_query_rows is not None and held > self.max_query_rows:
+                raise QueryTooLarge(held, self.max_query_rows)  # before any scan
             tables.merge_rows(hour, sums.rows())
 
         def scan(within: range, groups: table.Groups) -> None:
@@ -292,15 +294,6 @@ class RedisStore:
                 tables.scan(hour, groups, query_.filters)
 
         return scan
-
-    def _check_size(self, hours: list[int], deadline: float) -> None:
-        """``QueryTooLarge`` if the buckets' headers count more rows than the limit (rows of a
-        delta not compacted yet count each time, so this bounds the key-hours from above)."""
-        calls = [Call(k, ("LINDEX", k, 0)) for h in hours for k in bucket_keys(h, self.buckets)]
-        self._read(calls, deadline, "cannot size the query")
-        rows = sum(parse_header(c.reply)[5] for c in calls if c.reply is not None)
-        if rows > self.max_query_rows:  # type: ignore[operator]
-            raise QueryTooLarge(rows, self.max_query_rows)  # type: ignore[arg-type]
 
     # -- operations and lifecycle ------------------------------------------------------------
 

@@ -4,11 +4,13 @@ request's answer is.
 The step's requests without a key are summed together per (hour, key) in the native
 ``HourTables``; each keyed request is summed on its own. ``HourTables.pack_buckets`` then cuts
 every hour's sums into packed blobs, one per bucket (more for a bucket over ``CHUNK_ROWS`` rows or
-``CHUNK_BYTES`` bytes). The hours are listed first (retention.py), in a round of their own; only
-once that is done are the blobs appended, one ``flowagg_v2_commit`` call per bucket (more if a
-bucket's blobs pass ``CALL_ROWS`` rows or ``CALL_BYTES`` bytes), pipelined per primary (client.py).
-So Redis does a handful of commands per bucket and step, whatever the number of keys, and no call
-keeps a primary busy for more than the time it takes to copy a few hundred kilobytes.
+``CHUNK_BYTES`` bytes). An hour is listed (retention.py) in a round of its own before its first
+write, and again with every later one. The blobs are appended with ``flowagg_v2_commit``: one
+call per slot, i.e. per bucket and day (layout.py), holding that bucket of every hour of the day
+in the step (more calls if they pass ``CALL_ROWS`` rows or ``CALL_BYTES`` bytes), pipelined per
+primary (client.py). So Redis does a handful of commands per bucket and step, whatever the
+number of keys and hours, and no call keeps a primary busy for more than the time it takes to
+copy a few hundred kilobytes.
 
 A keyed request's blobs go with a marker each, ``flowagg:v2:idem:{T}:H:b:c:<key>``: the function
 appends a blob only if its marker did not exist, and sets it in the same atomic call, so a retry
@@ -26,10 +28,8 @@ whose fate is unknown, MAYBE.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from flowagg.store.base import Unreachable
 from flowagg.store.redis import layout
@@ -42,12 +42,9 @@ from flowagg.store.table import HourTables
 CALL_ROWS = 2_000  # rows in one call's blobs (one blob may pass it only if it is alone)
 CALL_BYTES = 512 * 1024  # bytes of one call's blobs, likewise
 
-# A bucket is compacted once the bytes of its deltas pass both COMPACT_BYTES and half its base,
-# or it holds COMPACT_ELEMENTS elements: each byte is then folded a bounded number of times, and a
-# read sums a base and at most as much again.
-COMPACT_BYTES = 32 * 1024
-COMPACT_ELEMENTS = 64
-
+# A commit asks for a bucket's compaction each time the list's length passes a multiple of
+# COMPACT_EVERY; the compactor then folds it if its deltas are worth it (compaction.py).
+COMPACT_EVERY = 16
 ALL_ROWS = 2**31 - 1  # the most rows pack_buckets puts in one chunk
 
 Compact = Callable[[int, int], None]  # (hour, bucket): a bucket is due for compaction
@@ -62,17 +59,18 @@ def combine(states: list[str]) -> str:
     return PARTLY if "done" in states else NOTHING
 
 
-@dataclass
-class Bucket:
-    """The blobs of one (hour, bucket) of a step, and the calls that carry them."""
+# One blob of a step: (hour, bucket, keyed request or None, its marker or None, blob, rows).
+Piece = tuple[int, int, Ticket | None, str | None, bytes, int]
 
-    hour: int
-    bucket: int
-    shared: list[tuple[bytes, int]] = field(default_factory=list)  # (blob, rows)
-    keyed: list[tuple[Ticket, str, bytes, int]] = field(default_factory=list)  # + marker
-    calls: list[Call] = field(default_factory=list)
-    shared_calls: list[Call] = field(default_factory=list)  # those that carry unkeyed blobs
-    owners: dict[Call, set[Ticket]] = field(default_factory=dict)  # keyed requests of a call
+
+class Sent:
+    """What a step's calls carry, to answer each request from its own calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.lists: list[list[tuple[int, int, int]]] = []  # per call: (hour, bucket, blobs)
+        self.owners: dict[Call, set[Ticket]] = {}  # the keyed requests of a call
+        self.shared: dict[tuple[int, int], list[int]] = {}  # calls of a bucket's unkeyed sums
 
 
 class Committer:
@@ -93,7 +91,6 @@ class Committer:
         self.client, self.buckets, self.ttl = client, buckets, ttl_s
         self.retention, self.timeout_s = retention, timeout_s
         self.compact, self.check = compact, check
-        self._token = os.urandom(8).hex()  # header token of the lists a step creates
 
     def commit(self, tickets: list[Ticket]) -> Outcomes:
         """Commit the tickets' flows: every ticket's outcome and why."""
@@ -114,96 +111,117 @@ class Committer:
         hours = sorted(set(shared.hours()).union(*(t.hours() for t in own.values())))
         if not hours:  # every flow was of an hour that has expired since: nothing to keep
             return {ticket: (APPLIED, "") for ticket in tickets}
-        listing = self.retention.listing(hours)
-        self.client.execute([listing], deadline)
-        if listing.state != "done":  # no bucket of a hour that is not listed: nothing sent
-            reason = f"Redis did not record the hours: {listing.error}"
-            return {ticket: (NOTHING, reason) for ticket in tickets}
-        self.retention.listed(listing)
-        buckets = self._buckets(hours, shared, own)
-        calls = [call for b in buckets.values() for call in b.calls]
-        self.client.execute(calls, deadline)
-        self._note_sizes(buckets)
-        failed = next((c for c in calls if c.state != "done"), None)
+        new = self.retention.unlisted(hours)
+        if new:  # listed before any of their buckets is written
+            listing = self.retention.listing(new)
+            self.client.execute([listing], deadline)
+            self.retention.listed(listing, new)
+            if listing.state != "done":  # nothing sent
+                reason = f"Redis did not record the hours: {listing.error}"
+                return {ticket: (NOTHING, reason) for ticket in tickets}
+        sent = self._calls(self._pieces(hours, shared, own), layout.new_header())
+        again = self.retention.listing(hours)  # heals a listing lost since, in the same round
+        self.client.execute([again, *sent.calls], deadline)
+        self.retention.listed(again, hours)
+        self._note_sizes(sent)
+        failed = next((c for c in sent.calls if c.state != "done"), None)
         if failed is None:
             return {ticket: (APPLIED, "") for ticket in tickets}
-        return self._outcomes(tickets, buckets, f"Redis did not commit: {failed.error}", cutoff)
+        return self._outcomes(tickets, sent, f"Redis did not commit: {failed.error}", cutoff)
 
-    def _buckets(self, hours: list[int], shared: HourTables, own: dict[Ticket, HourTables]):
-        """Every (hour, bucket) of the step with its blobs, cut into calls."""
-        found: dict[tuple[int, int], Bucket] = {}
-        n = self.buckets
+    def _pieces(
+        self, hours: list[int], shared: HourTables, own: dict[Ticket, HourTables]
+    ) -> dict[tuple[int, int], list[Piece]]:
+        """Every blob of the step, by the slot it goes to (its day and bucket), in order of hour
+        and bucket: (hour, bucket, keyed request or None, marker or None, blob, rows)."""
+        by_slot: dict[tuple[int, int], list[Piece]] = {}
+        n, rows_, bytes_ = self.buckets, layout.CHUNK_ROWS, layout.CHUNK_BYTES
         for hour in hours:
-            for bucket, rows, blob in shared.pack_buckets(
-                hour, n, layout.CHUNK_ROWS, layout.CHUNK_BYTES
-            ):
-                found.setdefault((hour, bucket), Bucket(hour, bucket)).shared.append((blob, rows))
+            day = hour // layout.HOURS_PER_SLOT
+            for bucket, rows, blob in shared.pack_buckets(hour, n, rows_, bytes_):
+                by_slot.setdefault((day, bucket), []).append((hour, bucket, None, None, blob, rows))
             for ticket, tables in own.items():
                 chunk, last = 0, -1
-                for bucket, rows, blob in tables.pack_buckets(
-                    hour, n, layout.CHUNK_ROWS, layout.CHUNK_BYTES
-                ):
+                for bucket, rows, blob in tables.pack_buckets(hour, n, rows_, bytes_):
                     chunk = chunk + 1 if bucket == last else 0
                     last = bucket
                     marker = layout.marker_key(hour, bucket, n, chunk, ticket.key)  # type: ignore[arg-type]
-                    entry = found.setdefault((hour, bucket), Bucket(hour, bucket))
-                    entry.keyed.append((ticket, marker, blob, rows))
-        for entry in found.values():
-            self._calls(entry)
-        return found
+                    piece = (hour, bucket, ticket, marker, blob, rows)
+                    by_slot.setdefault((day, bucket), []).append(piece)
+        return by_slot
 
-    def _calls(self, b: Bucket) -> None:
-        """Cut the bucket's blobs into calls of at most CALL_ROWS rows and CALL_BYTES bytes."""
-        key = layout.bucket_key(b.hour, b.bucket, self.buckets)
-        head = (self.retention.expire_at(b.hour), self.ttl, self._token)
-        items = [(None, None, blob, rows) for blob, rows in b.shared] + b.keyed
-        start = 0
-        while start < len(items):
-            end, rows, size = start, 0, 0
-            while end < len(items) and (
-                end == start
-                or (rows + items[end][3] <= CALL_ROWS and size + len(items[end][2]) <= CALL_BYTES)
-            ):
-                rows += items[end][3]
-                size += len(items[end][2])
-                end += 1
-            part = items[start:end]
-            unkeyed = [(blob, rows) for ticket, _, blob, rows in part if ticket is None]
-            keyed = [(m, blob, rows) for ticket, m, blob, rows in part if ticket is not None]
-            call = Call(
-                key,
-                ("FCALL", layout.COMMIT_FUNCTION, 1 + len(keyed), key, *(m for m, _, _ in keyed),
-                 *head, len(unkeyed), sum(r for _, r in unkeyed), *(blob for blob, _ in unkeyed),
-                 *(x for _, blob, rows in keyed for x in (rows, blob))),
-                write=True,
-            )  # fmt: skip
-            b.owners[call] = {ticket for ticket, _, _, _ in part if ticket is not None}
-            b.calls.append(call)
-            if unkeyed:
-                b.shared_calls.append(call)
-            start = end
+    def _calls(self, by_slot: dict[tuple[int, int], list[Piece]], header: str) -> Sent:
+        """One call per slot, cut where it would pass CALL_ROWS rows or CALL_BYTES bytes."""
+        sent = Sent()
+        for pieces in by_slot.values():
+            start = 0
+            while start < len(pieces):
+                end, rows, size = start + 1, pieces[start][5], len(pieces[start][4])
+                while end < len(pieces) and (
+                    rows + pieces[end][5] <= CALL_ROWS and size + len(pieces[end][4]) <= CALL_BYTES
+                ):
+                    rows += pieces[end][5]
+                    size += len(pieces[end][4])
+                    end += 1
+                self._call(sent, pieces[start:end], header)
+                start = end
+        return sent
 
-    def _note_sizes(self, buckets: dict[tuple[int, int], Bucket]) -> None:
-        """Ask for the compaction of every bucket whose deltas grew past the thresholds."""
+    def _call(self, sent: Sent, pieces: list[Piece], header: str) -> None:
+        """One call for pieces of one slot; those of one (hour, bucket) come together."""
+        keys, markers, args, carried = [], [], [], []
+        n, expire_at = self.buckets, self.retention.expire_at
+        i, end = 0, len(pieces)
+        while i < end:
+            hour, bucket = pieces[i][0], pieces[i][1]
+            j = i + 1
+            while j < end and pieces[j][0] == hour and pieces[j][1] == bucket:
+                j += 1
+            keys.append(layout.bucket_key(hour, bucket, n))
+            if j == i + 1 and pieces[i][2] is None:  # the common case: the step's sums alone
+                args += (expire_at(hour), 1, 0, pieces[i][4])
+                sent.shared.setdefault((hour, bucket), []).append(len(sent.calls))
+            else:
+                mine = pieces[i:j]
+                unkeyed = [p[4] for p in mine if p[2] is None]
+                keyed = [p for p in mine if p[2] is not None]
+                markers += [p[3] for p in keyed]
+                args += (expire_at(hour), len(unkeyed), len(keyed), *unkeyed)
+                args += [p[4] for p in keyed]
+                if unkeyed:
+                    sent.shared.setdefault((hour, bucket), []).append(len(sent.calls))
+            carried.append((hour, bucket, j - i))
+            i = j
+        call = Call(
+            keys[0],
+            ("FCALL", layout.COMMIT_FUNCTION, len(keys) + len(markers), *keys, *markers,
+             len(keys), self.ttl, header, *args),
+            write=True,
+        )  # fmt: skip
+        sent.calls.append(call)
+        sent.lists.append(carried)
+        if markers:
+            sent.owners[call] = {p[2] for p in pieces if p[2] is not None}
+
+    def _note_sizes(self, sent: Sent) -> None:
+        """Ask for the compaction of every bucket whose list passed a multiple of
+        COMPACT_EVERY elements with this step."""
         if self.compact is None:
             return
-        for b in buckets.values():
-            call = b.calls[-1]
+        for call, lists in zip(sent.calls, sent.lists, strict=True):
             if call.state != "done":
                 continue
-            length, base_bytes, pending = call.reply[0], call.reply[1], call.reply[2]
-            if length >= COMPACT_ELEMENTS or pending >= max(COMPACT_BYTES, base_bytes // 2):
-                self.compact(b.hour, b.bucket)
+            for (hour, bucket, pushed), length in zip(lists, call.reply, strict=True):
+                if length >= COMPACT_EVERY and length % COMPACT_EVERY < pushed:
+                    self.compact(hour, bucket)
 
-    def _outcomes(
-        self, tickets: list[Ticket], buckets: dict[tuple[int, int], Bucket], reason: str, cutoff
-    ) -> Outcomes:
+    def _outcomes(self, tickets: list[Ticket], sent: Sent, reason: str, cutoff: int) -> Outcomes:
         """Each ticket's outcome from the calls that carry its flows (some call failed)."""
         outcomes: Outcomes = {}
         n = self.buckets
         for ticket in tickets:
             if ticket.key is not None:
-                mine = [c for b in buckets.values() for c in b.calls if ticket in b.owners[c]]
+                mine = [c for c in sent.calls if ticket in sent.owners.get(c, ())]
             else:
                 tables = HourTables()
                 tables.merge([ticket.pack], cutoff)
@@ -211,8 +229,9 @@ class Committer:
                     c
                     for hour in tables.hours()
                     for bucket in {b for b, _, _ in tables.pack_buckets(hour, n, ALL_ROWS, 2**62)}
-                    for c in buckets[(hour, bucket)].shared_calls
+                    for c in sent.shared[(hour, bucket)]
                 ]
+                mine = [sent.calls[i] for i in mine]
             outcome = combine([c.state for c in mine])
             outcomes[ticket] = (outcome, "" if outcome == APPLIED else _reason(mine, reason))
         return outcomes

@@ -254,24 +254,23 @@ class RedisClient:
     # -- operations ---------------------------------------------------------------------------
 
     def health(self, deadline: float) -> list[str]:
-        """Failed checks: every primary must answer PING, and a cluster must say it is ok."""
+        """Failed checks: every primary must answer PING, and a cluster must say it is ok. One
+        round for all of them, so a node that does not answer costs the time left once."""
         try:
             topology = self.topology(deadline)
         except NoNode as exc:
             return [f"redis: {exc}"]
         pings = [Call("", ("PING",), node=n) for n in topology.primaries]
-        self._round(topology, pings, deadline)
+        states = [Call("", ("CLUSTER", "INFO"), node=n) for n in topology.primaries]
+        self._round(topology, pings + (states if topology.cluster else []), deadline)
         problems = [
             f"redis: primary {call.node.name} does not answer: {call.error}"  # type: ignore[union-attr]
             for call in pings
             if call.state != "done"
         ]
-        answering = [call.node for call in pings if call.state == "done"]
-        if topology.cluster and answering:
-            state = Call("", ("CLUSTER", "INFO"), node=answering[0])
-            self._round(topology, [state], deadline)
-            if state.state != "done" or b"cluster_state:ok" not in state.reply:
-                problems.append(f"redis: cluster state is not ok according to {answering[0].name}")
+        answered = [c for c in states if c.state == "done"] if topology.cluster else []
+        if answered and b"cluster_state:ok" not in answered[0].reply:
+            problems.append(f"redis: cluster state is not ok according to {answered[0].node.name}")  # type: ignore[union-attr]
         return problems
 
     def close(self) -> None:

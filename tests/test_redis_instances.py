@@ -27,7 +27,7 @@ def start_instance(node_address: str, **env: str) -> ServerProcess:
     settings = {
         "FLOWAGG_REDIS_URL": f"redis://{node_address}",
         "FLOWAGG_PARTITIONS": "4",
-        "FLOWAGG_REDIS_TIMEOUT_MS": "500",
+        "FLOWAGG_REDIS_TIMEOUT_MS": "2000",
         "FLOWAGG_LOG_LEVEL": "warning",
         **env,
     }

@@ -64,6 +64,15 @@ class Call:
     ask: Node | None = None  # where an ASK sent it: its next send goes there, after ASKING
 
 
+class Silent(Exception):
+    """A node that did not answer a call in time is not sent any for a while (``silent_s``):
+    its calls are refused at once (nothing sent), so that a blackholed primary costs every
+    request touching it an instant, not the timeout; the first call after that asks it again."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(f"{node.name} did not answer in time just before; not asked again yet")
+
+
 class NotReplicated(Exception):
     """WAIT answered fewer replicas than asked for (or did not answer)."""
 
@@ -83,6 +92,7 @@ class RedisClient:
         password, username = options.get("password"), options.get("username")
         auth = tuple(x for x in (username, password) if x) if password else ()
         self._on_error = on_error
+        self.silent_s = min(1.0, timeout_s)  # how long a node that timed out is left alone
         self.map = SlotMap(seed, auth)
         self.changed = self.map.changed  # notified when a refresh of the map ends
 
@@ -122,14 +132,26 @@ class RedisClient:
                 continue
             groups.setdefault(node, []).append(call)
         sent = []
+        now = time.monotonic()
         for node, group in groups.items():
+            if node.silent_until > now and group[0].node is None:  # health checks still ask it
+                for call in group:
+                    call.state, call.error = "refused", Silent(node)
+                continue
             try:
                 conn = node.take(deadline)
             except OSError as exc:  # nothing was sent
                 self._count(exc)
                 self.map.invalidate()
+                if isinstance(exc, TimeoutError):
+                    node.silent_until = time.monotonic() + self.silent_s
                 for call in group:
                     call.state, call.error = "refused", exc
+                continue
+            if left(deadline) <= 0:  # nothing was sent
+                node.give(conn)
+                for call in group:
+                    call.state, call.error = "refused", TimeoutError("no time left to send it")
                 continue
             expected = self._pipeline(node, group, deadline)
             try:
@@ -164,34 +186,49 @@ class RedisClient:
         poller = select.poll()
         for fd in waiting:
             poller.register(fd, select.POLLIN)
+        last_look = False
         while waiting:
             for fd in list(waiting):
                 node, conn, group, it = waiting[fd]
                 try:
                     while (reply := conn.reply()) is not False:
+                        node.answered_at = time.monotonic()
                         self._take(node, group, current[fd], reply)
                         current[fd] = next(it)
                 except StopIteration:  # every reply is in: the connection can be used again
                     del waiting[fd]
                     poller.unregister(fd)
                     node.give(conn)
+                    node.silent_until = 0.0  # it answers
                 except Exception as exc:  # a reply not understood
                     self._drop(waiting, poller, fd, exc)
-            timeout = left(deadline)
-            if not waiting or timeout <= 0:
+            if not waiting or last_look:
                 break
-            for fd, _events in poller.poll(timeout * 1000):
+            timeout = left(deadline)
+            # Past the deadline, one look at what has arrived: a thread that got no CPU for a
+            # while must not call late a reply that is waiting in its socket.
+            last_look = timeout <= 0
+            for fd, _events in poller.poll(max(0.0, timeout) * 1000):
                 try:
                     waiting[fd][1].receive()
                 except OSError as exc:
                     self._drop(waiting, poller, fd, exc)
         for fd in list(waiting):
-            self._drop(waiting, poller, fd, ConnectionLost("no reply before the deadline"))
+            lost = ConnectionLost(f"no reply from {waiting[fd][0].name} before the deadline")
+            lost.timed_out = True
+            self._drop(waiting, poller, fd, lost)
 
     def _drop(self, waiting: dict, poller, fd: int, exc: BaseException) -> None:
         node, conn, group, _ = waiting.pop(fd)
         poller.unregister(fd)
         conn.close()
+        now = time.monotonic()
+        if (
+            isinstance(exc, ConnectionLost)
+            and exc.timed_out
+            and now - node.answered_at > (self.timeout_s)
+        ):  # nothing at all from it for a whole timeout: not merely this host being slow
+            node.silent_until = now + self.silent_s
         self._fail([c for c in group if c.state == "sent"], exc)
         if self.wait_replicas:  # the writes' replication was never confirmed
             self._unconfirmed(group, exc)
@@ -281,7 +318,7 @@ class RedisClient:
 def _retryable(call: Call, resend_unknown: bool) -> bool:
     if call.state == "unknown":
         return resend_unknown and not isinstance(call.error, NotReplicated)
-    if call.state != "refused":
+    if call.state != "refused" or isinstance(call.error, Silent):
         return False
     return not (isinstance(call.error, ReplyError) and call.error.lasting)
 
@@ -295,6 +332,8 @@ def error_kind(exc: BaseException) -> str:
         return code.lower() if code in KINDS else "response"
     if isinstance(exc, NotReplicated):
         return "not_replicated"
+    if isinstance(exc, Silent):
+        return "silent"
     if isinstance(exc, TimeoutError | ConnectionLost):
         return "timeout"
     if isinstance(exc, OSError | NoNode):

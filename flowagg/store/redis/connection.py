@@ -61,6 +61,8 @@ class ReplyError(Exception):
 class ConnectionLost(OSError):
     """The node closed the connection, or a reply did not come by the deadline."""
 
+    timed_out = False  # the reply did not come in time (rather than a closed connection)
+
 
 def left(deadline: float) -> float:
     return deadline - time.monotonic()
@@ -92,10 +94,7 @@ class Conn:
         return self.sock.fileno()
 
     def send(self, data: bytes, deadline: float) -> None:
-        timeout = left(deadline)
-        if timeout <= 0:
-            raise TimeoutError("no time left to send")
-        self.sock.settimeout(timeout)
+        self.sock.settimeout(max(left(deadline), 0.001))
         self.sock.sendall(data)
 
     def reply(self):
@@ -151,6 +150,8 @@ class Node:
         self._idle: list[Conn] = []
         self._forgotten = False
         self.functions_loaded = False  # set once a FUNCTION LOAD succeeded; cleared on a miss
+        self.silent_until = 0.0  # monotonic time before which it is not asked (client.Silent)
+        self.answered_at = 0.0  # monotonic time of its last reply
 
     def take(self, deadline: float) -> Conn:
         """An idle connection, or a new one (connecting until the deadline at most). An idle

@@ -119,6 +119,7 @@ class Committer:
             if listing.state != "done":  # nothing sent
                 reason = f"Redis did not record the hours: {listing.error}"
                 return {ticket: (NOTHING, reason) for ticket in tickets}
+            deadline = time.monotonic() + self.timeout_s  # a round trip's time for the next
         sent = self._calls(self._pieces(hours, shared, own), layout.new_header())
         again = self.retention.listing(hours)  # heals a listing lost since, in the same round
         self.client.execute([again, *sent.calls], deadline)

@@ -58,13 +58,18 @@ chromium:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 		>/dev/null 2>&1; } || echo "chromium is not installed: the page tests will fail"
 
-# Debian's redis-server and redis-tools: the Redis store's tests start a real cluster with them.
-# Installed here when missing and we may (root with apt-get); without them those tests fail.
+# Debian's redis-server and redis-tools: the Redis store's tests start a real cluster with them,
+# and run instances whose clocks are wrong under Debian's faketime. Installed here when missing
+# and we may (root with apt-get); without them those tests fail.
 redis-tools:
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || \
 		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		{ apt-get update -qq && apt-get install -y -qq redis-server redis-tools; } >/dev/null 2>&1; } || \
 		echo "redis-server cannot be installed: the Redis store's tests will fail"
+	@command -v faketime >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && apt-get install -y -qq faketime; } >/dev/null 2>&1; } || \
+		echo "faketime cannot be installed: tests/test_redis_clock.py will fail"
 
 # wrk is a Debian package: installed here when missing and we may (root with apt-get);
 # without it the harness drives the servers with locust instead.

@@ -25,8 +25,9 @@ from flowagg.store.base import (
     Unreachable,
 )
 from flowagg.store.memory import PartitionedStore
-from flowagg.store.redis import layout
+from flowagg.store.redis import compaction, layout
 from flowagg.store.redis.store import RedisStore
+from flowagg.store.table import Sums
 from tests.conftest import WAIT_TIMEOUT
 from tests.test_packed import decode
 
@@ -347,3 +348,64 @@ def test_one_node_without_cluster_mode_serves_every_key(redis_node):
         assert a.health(0.9) == []
     finally:
         assert a.close(WAIT_TIMEOUT) and b.close(WAIT_TIMEOUT)
+
+
+def test_a_cached_hour_is_checked_against_redis_on_every_read(make_store, monkeypatch):
+    monkeypatch.setattr(compaction, "FOLD_BYTES", 0)  # fold any two deltas
+    a, b = make_store(), make_store()
+    flows = [Flow(f"s{i}", "d", "v", 1, 1, 60) for i in range(300)]  # every bucket
+    assert a.ingest(flows, WAIT_TIMEOUT) == 300
+    assert len(a.read_hour(60, WAIT_TIMEOUT)) == 300
+    hits = a.cache.hits
+    assert a.read_hour_json(60, WAIT_TIMEOUT) == a.read_hour_json(60, WAIT_TIMEOUT)
+    assert a.cache.hits == hits + 2  # nothing changed: answered from what a holds
+    assert b.ingest(flows[:10], WAIT_TIMEOUT) == 10  # another instance writes
+    rows = {r[0]: r[3] for r in a.read_hour(60, WAIT_TIMEOUT)}
+    assert sum(rows.values()) == 310 and all(rows[f.src_app] == 2 for f in flows[:10])
+    for bucket in range(16):  # b folds every bucket: other headers, the same sums
+        b.compactor.compact(60, bucket)
+    assert {r[0]: r[3] for r in a.read_hour(60, WAIT_TIMEOUT)} == rows
+    assert a.read_hour_json(60, WAIT_TIMEOUT) == b.read_hour_json(60, WAIT_TIMEOUT)
+
+
+def test_a_compaction_applies_at_most_once_whoever_runs_it(make_store, cluster, monkeypatch):
+    monkeypatch.setattr(compaction, "FOLD_BYTES", 0)
+    a, b = make_store(buckets=1), make_store(buckets=1)
+    key = layout.bucket_key(61, 0, 1)
+    node = cluster.primary_of(key).client()
+    for i in range(20):
+        assert a.ingest([Flow(f"s{i % 5}", "d", "v", 1, i, 61)], WAIT_TIMEOUT) == 1
+    read = node.lrange(key, 0, -1)
+    header, *elements = read
+    sums = Sums(61)
+    sums.add(elements)
+    chunks = sums.pack(layout.CHUNK_ROWS, layout.CHUNK_BYTES)
+    fold = ("FCALL", layout.COMPACT_FUNCTION, 1, key, header, len(read), layout.new_header(1), 0)
+    assert node.execute_command(*fold, *chunks) == 1
+    assert node.execute_command(*fold, *chunks) == 0  # sent again: nothing more happens
+    assert len(node.lrange(key, 0, -1)) == 2  # the new header and one base chunk
+    # Two instances compacting while a third writes: every count kept, once.
+    stop, errors = threading.Event(), []
+
+    def compact(store):
+        while not stop.is_set():
+            try:
+                store.compactor.compact(61, 0)
+            except Exception as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=compact, args=(s,)) for s in (a, b)]
+    for t in threads:
+        t.start()
+    writer = make_store(buckets=1)
+    try:
+        for i in range(200):
+            assert writer.ingest([Flow(f"s{i % 5}", "d", "v", 1, 1, 61)], WAIT_TIMEOUT) == 1
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(WAIT_TIMEOUT)
+    assert errors == []
+    rows = writer.read_hour(61, WAIT_TIMEOUT)
+    assert [(r[0], r[3]) for r in rows] == [(f"s{i}", 44) for i in range(5)]
+    assert sum(r[4] for r in rows) == sum(range(20)) + 200

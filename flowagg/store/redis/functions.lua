@@ -100,6 +100,35 @@ local function compact(keys, args)
 end
 
 --[[
+flowagg_v2_read: a bucket for a reader that may hold it already (cache.py), in one atomic call.
+  KEYS[1]   the bucket list
+  ARGV[1]   the header the reader holds ('' for none);  ARGV[2] how many elements it holds
+Returns {0} if the list is that one still, {1, the elements after those} if only deltas were
+appended since, {2, every element} otherwise (another header: a compaction), {2} if there is no
+list.
+]]
+local function read(keys, args)
+  local list = keys[1]
+  local header = redis.call('LINDEX', list, 0)
+  if not header then
+    return {2}
+  end
+  local out
+  if header == args[1] then
+    local held = tonumber(args[2])
+    if redis.call('LLEN', list) == held then
+      return {0}
+    end
+    out = redis.call('LRANGE', list, held, -1)
+    table.insert(out, 1, 1)
+  else
+    out = redis.call('LRANGE', list, 0, -1)
+    table.insert(out, 1, 2)
+  end
+  return out
+end
+
+--[[
 flowagg_v2_hours: list hours in the set of hours that hold data, and forget the expired ones.
   KEYS[1]   the set (a sorted set: member the hour, score its EXPIREAT, +inf for none)
   ARGV      pairs of EXPIREAT (0: none) and hour
@@ -126,3 +155,4 @@ end
 redis.register_function('flowagg_v2_commit', commit)
 redis.register_function('flowagg_v2_compact', compact)
 redis.register_function('flowagg_v2_hours', hours)
+redis.register_function{function_name = 'flowagg_v2_read', callback = read, flags = {'no-writes'}}

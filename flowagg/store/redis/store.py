@@ -39,13 +39,14 @@ from flowagg.store.base import (
     Unreachable,
 )
 from flowagg.store.memory import partition_problems
+from flowagg.store.redis.cache import Entry, HourCache
 from flowagg.store.redis.client import Call, NoNode, RedisClient
 from flowagg.store.redis.clock import RedisClock
 from flowagg.store.redis.commit import APPLIED, MAYBE, NOTHING, PARTLY, CommitPartition
 from flowagg.store.redis.compaction import Compactor
 from flowagg.store.redis.idempotency import RequestKeys, fingerprint
 from flowagg.store.redis.meta import LayoutCheck
-from flowagg.store.redis.retention import Retention, bucket_keys
+from flowagg.store.redis.retention import Retention
 from flowagg.store.redis.writer import Committer
 from flowagg.store.ringbuffer import Closed as BufferClosed
 from flowagg.store.ringbuffer import Full, remaining, reserve_all
@@ -78,6 +79,7 @@ class RedisStore:
         clock: Callable[[], float] = time.time,
         wait_replicas: int = 0,
         redis_time: Callable[[], float] | None = None,
+        cache_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         """``clock`` is this host's wall clock (compared with Redis's); ``redis_time``, if
         given, stands in for Redis's TIME (tests move it)."""
@@ -95,6 +97,7 @@ class RedisStore:
         self.layout = LayoutCheck(self.client, buckets, retention_hours)
         self.keys = RequestKeys(self.client, idempotency_ttl_s)
         self.compactor = Compactor(self.client, buckets, self.window, timeout_s)
+        self.cache = HourCache(buckets, cache_bytes)
         committer = Committer(
             self.client, buckets, idempotency_ttl_s, self.window, timeout_s,
             self.compactor.request, self.layout.ensure,
@@ -209,27 +212,38 @@ class RedisStore:
     # -- reads -----------------------------------------------------------------------------
 
     def read_hour(self, hour: int, timeout: float | None = None) -> list[Row]:
-        return self._sums(hour, self._read_deadline(timeout)).rows()
+        entry = self._entry(hour, self._read_deadline(timeout))
+        if entry is None:
+            return []
+        rows = entry.rows()
+        self.cache.settle(hour, entry)
+        return rows
 
     def read_hour_json(self, hour: int, timeout: float | None = None) -> bytes:
-        return self._sums(hour, self._read_deadline(timeout)).json()
+        entry = self._entry(hour, self._read_deadline(timeout))
+        if entry is None:
+            return b"[]"
+        answer = entry.json()
+        self.cache.settle(hour, entry)
+        return answer
 
     def _read_deadline(self, timeout: float | None) -> float:
         limit = self.timeout_s if timeout is None else min(timeout, self.timeout_s)
         return time.monotonic() + limit
 
-    def _sums(self, hour: int, deadline: float, flush: bool = True) -> table.Sums:
-        """Every bucket of ``hour``, read in one round and summed; none below the window."""
-        sums = table.Sums(hour)
-        if hour < self.window.cutoff():
-            return sums
+    def _entry(self, hour: int, deadline: float, flush: bool = True) -> Entry | None:
+        """Every bucket of ``hour`` as Redis holds it now, read in one round (cache.py); None
+        below the window."""
+        cutoff = self.window.cutoff()
+        if hour < cutoff:
+            return None
         self.layout.ensure(deadline)
         if flush:
             self.partition_for(hour).flush(remaining(deadline))
-        calls = [Call(k, ("LRANGE", k, 0, -1)) for k in bucket_keys(hour, self.buckets)]
+        self.cache.forget_before(cutoff)
+        held, calls = self.cache.calls(hour)
         self._read(calls, deadline, f"cannot read hour {hour}")
-        sums.add([blob for call in calls for blob in call.reply[1:]])
-        return sums
+        return self.cache.update(hour, held, calls)
 
     def _read(self, calls: list[Call], deadline: float, what: str) -> None:
         """Run read calls (resent on any failure until the deadline); ``Unreachable`` unless all
@@ -279,19 +293,24 @@ class RedisStore:
         for index in sorted(touched):
             self.partitions[index].flush(remaining(deadline))
         hours = self._stored_hours(query_.hours, deadline)
-        tables, held = table.HourTables(), 0
+        entries: dict[int, Entry] = {}
+        held = 0
         for i, hour in enumerate(hours):
             # The first round shares the query's deadline; each later one, once the one before
             # answered, has a round trip's time of its own.
-            sums = self._sums(hour, deadline if i == 0 else self._read_deadline(None), False)
-            held += len(sums)
+            entry = self._entry(hour, deadline if i == 0 else self._read_deadline(None), False)
+            if entry is None:
+                continue
+            held += len(entry)
             if self.max_query_rows is not None and held > self.max_query_rows:
                 raise QueryTooLarge(held, self.max_query_rows)  # before any scan
-            tables.merge_rows(hour, sums.rows())
+            entry.tables()
+            self.cache.settle(hour, entry)
+            entries[hour] = entry
 
         def scan(within: range, groups: table.Groups) -> None:
-            for hour in (h for h in hours if h in within):
-                tables.scan(hour, groups, query_.filters)
+            for hour in (h for h in entries if h in within):
+                entries[hour].tables().scan(hour, groups, query_.filters)
 
         return scan
 
@@ -349,4 +368,5 @@ def open_redis_store(
         max_name_bytes=config["FLOWAGG_MAX_NAME_BYTES"],
         clock=clock,
         wait_replicas=config["FLOWAGG_REDIS_WAIT_REPLICAS"],
+        cache_bytes=config["FLOWAGG_REDIS_CACHE_BYTES"],
     )

@@ -42,6 +42,10 @@ CommitObserver = Callable[[int, float, bool], None]  # (flows, seconds, committe
 # overlaps one step's Python work with another's wait for Redis; measured, the gain was within
 # the machine's noise, so a partition keeps the one drainer the design gives it.
 COMMITTERS = 1
+# How long a drainer lingers for more requests after a thin step (writer.THIN_ROWS): flows of
+# one request spread over many hours make many small appends, and a step of several requests
+# makes fewer, larger ones. After a step that was not thin it takes what is pending at once.
+LINGER_S = 0.005
 
 
 @dataclass(eq=False)
@@ -58,7 +62,7 @@ class Ticket:
 
 
 Outcomes = dict[Ticket, tuple[str, str]]  # a step's tickets: (outcome, reason)
-Commit = Callable[[list[Ticket]], Outcomes]
+Commit = Callable[[list[Ticket]], tuple[Outcomes, bool]]  # and whether the step was thin
 
 
 class CommitPartition:
@@ -85,6 +89,7 @@ class CommitPartition:
         # guards _taken_seq, the sequence number of the last flow any step took.
         self._take = threading.Lock()
         self._taken_seq = 0
+        self._thin = False  # the last step was thin: the next one lingers (written by drainers)
         self._threads: list[threading.Thread] = []
 
     # -- producers -------------------------------------------------------------------------
@@ -123,7 +128,7 @@ class CommitPartition:
         never passes a flow whose outcome is unknown.
         """
         with self._take:
-            batches, seq = self.buffer.take_batches(timeout)
+            batches, seq = self.buffer.take_batches(timeout, LINGER_S if self._thin else 0.0)
             taken = sum(len(b) for b in batches)
             with self._mutex:
                 tickets = []
@@ -138,7 +143,7 @@ class CommitPartition:
             return taken
         started = time.perf_counter()
         try:
-            outcomes = self._commit(tickets)
+            outcomes, self._thin = self._commit(tickets)
         except Exception as exc:  # a bug or an unexpected reply: say "maybe", never hang
             log.exception("partition %d: commit failed", self.index)
             outcomes = {ticket: (MAYBE, f"commit failed: {exc!r}") for ticket in tickets}

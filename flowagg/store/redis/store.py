@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("flowagg.redis")
 
 ANSWER_MARGIN_S = 0.5  # a POST is answered by FLOWAGG_REDIS_TIMEOUT_MS plus this
+HOURS_PER_ROUND = 48  # hours a range query reads in one round (16 buckets each by default)
 
 
 class RedisStore:
@@ -231,19 +232,23 @@ class RedisStore:
         limit = self.timeout_s if timeout is None else min(timeout, self.timeout_s)
         return time.monotonic() + limit
 
-    def _entry(self, hour: int, deadline: float, flush: bool = True) -> Entry | None:
-        """Every bucket of ``hour`` as Redis holds it now, read in one round (cache.py); None
-        below the window."""
-        cutoff = self.window.cutoff()
-        if hour < cutoff:
+    def _entry(self, hour: int, deadline: float) -> Entry | None:
+        """Every bucket of ``hour`` as Redis holds it now, after this instance's own pending
+        commits of it (read-your-writes); None below the window."""
+        if hour < self.window.cutoff():
             return None
         self.layout.ensure(deadline)
-        if flush:
-            self.partition_for(hour).flush(remaining(deadline))
-        self.cache.forget_before(cutoff)
-        held, calls = self.cache.calls(hour)
-        self._read(calls, deadline, f"cannot read hour {hour}")
-        return self.cache.update(hour, held, calls)
+        self.partition_for(hour).flush(remaining(deadline))
+        return self._entries([hour], deadline)[hour]
+
+    def _entries(self, hours: list[int], deadline: float) -> dict[int, Entry]:
+        """Every bucket of these hours as Redis holds them now, read in one round (cache.py)."""
+        self.cache.forget_before(self.window.cutoff())
+        asked = [(hour, *self.cache.calls(hour)) for hour in hours]
+        calls = [call for _, _, mine in asked for call in mine]
+        self._read(calls, deadline, f"cannot read hour {hours[0]}" if len(hours) == 1 else
+                   f"cannot read hours {hours[0]} to {hours[-1]}")  # fmt: skip
+        return {hour: self.cache.update(hour, held, mine) for hour, held, mine in asked}
 
     def _read(self, calls: list[Call], deadline: float, what: str) -> None:
         """Run read calls (resent on any failure until the deadline); ``Unreachable`` unless all
@@ -295,18 +300,18 @@ class RedisStore:
         hours = self._stored_hours(query_.hours, deadline)
         entries: dict[int, Entry] = {}
         held = 0
-        for i, hour in enumerate(hours):
+        for start in range(0, len(hours), HOURS_PER_ROUND):
             # The first round shares the query's deadline; each later one, once the one before
             # answered, has a round trip's time of its own.
-            entry = self._entry(hour, deadline if i == 0 else self._read_deadline(None), False)
-            if entry is None:
-                continue
-            held += len(entry)
-            if self.max_query_rows is not None and held > self.max_query_rows:
-                raise QueryTooLarge(held, self.max_query_rows)  # before any scan
-            entry.tables()
-            self.cache.settle(hour, entry)
-            entries[hour] = entry
+            round_deadline = deadline if start == 0 else self._read_deadline(None)
+            for hour, entry in self._entries(hours[start:start + HOURS_PER_ROUND],
+                                             round_deadline).items():  # fmt: skip
+                held += len(entry)
+                if self.max_query_rows is not None and held > self.max_query_rows:
+                    raise QueryTooLarge(held, self.max_query_rows)  # before any scan
+                entry.tables()
+                self.cache.settle(hour, entry)
+                entries[hour] = entry
 
         def scan(within: range, groups: table.Groups) -> None:
             for hour in (h for h in entries if h in within):

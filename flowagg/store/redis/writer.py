@@ -46,6 +46,9 @@ CALL_BYTES = 512 * 1024  # bytes of one call's blobs, likewise
 # COMPACT_EVERY; the compactor then folds it if its deltas are worth it (compaction.py).
 COMPACT_EVERY = 16
 ALL_ROWS = 2**31 - 1  # the most rows pack_buckets puts in one chunk
+# A step that wrote fewer rows than this per bucket on average was thin: Redis's cost of a call
+# (about 2 us) is then a large share per flow, and the partition lingers before its next step.
+THIN_ROWS = 16
 
 Compact = Callable[[int, int], None]  # (hour, bucket): a bucket is due for compaction
 
@@ -68,6 +71,7 @@ class Sent:
 
     def __init__(self) -> None:
         self.calls: list[Call] = []
+        self.rows = 0  # in every blob
         self.lists: list[list[tuple[int, int, int]]] = []  # per call: (hour, bucket, blobs)
         self.owners: dict[Call, set[Ticket]] = {}  # the keyed requests of a call
         self.shared: dict[tuple[int, int], list[int]] = {}  # calls of a bucket's unkeyed sums
@@ -92,14 +96,20 @@ class Committer:
         self.retention, self.timeout_s = retention, timeout_s
         self.compact, self.check = compact, check
 
-    def commit(self, tickets: list[Ticket]) -> Outcomes:
-        """Commit the tickets' flows: every ticket's outcome and why."""
+    def commit(self, tickets: list[Ticket]) -> tuple[Outcomes, bool]:
+        """Commit the tickets' flows: every ticket's outcome and why, and whether the step was
+        thin (few rows per bucket written: more requests together would cost Redis less)."""
+        outcomes, sent = self._commit(tickets)
+        thin = sent is not None and sent.rows < THIN_ROWS * max(1, len(sent.lists))
+        return outcomes, thin
+
+    def _commit(self, tickets: list[Ticket]) -> tuple[Outcomes, Sent | None]:
         deadline = time.monotonic() + self.timeout_s
         if self.check is not None:
             try:
                 self.check(deadline)
             except (LayoutMismatch, Unreachable) as exc:  # nothing was written
-                return {ticket: (NOTHING, str(exc)) for ticket in tickets}
+                return {ticket: (NOTHING, str(exc)) for ticket in tickets}, None
         cutoff = self.retention.cutoff()
         shared = HourTables()
         shared.merge([t.pack for t in tickets if t.key is None], cutoff)
@@ -110,7 +120,7 @@ class Committer:
                 own[ticket].merge([ticket.pack], cutoff)
         hours = sorted(set(shared.hours()).union(*(t.hours() for t in own.values())))
         if not hours:  # every flow was of an hour that has expired since: nothing to keep
-            return {ticket: (APPLIED, "") for ticket in tickets}
+            return {ticket: (APPLIED, "") for ticket in tickets}, None
         new = self.retention.unlisted(hours)
         if new:  # listed before any of their buckets is written
             listing = self.retention.listing(new)
@@ -118,7 +128,7 @@ class Committer:
             self.retention.listed(listing, new)
             if listing.state != "done":  # nothing sent
                 reason = f"Redis did not record the hours: {listing.error}"
-                return {ticket: (NOTHING, reason) for ticket in tickets}
+                return {ticket: (NOTHING, reason) for ticket in tickets}, None
             deadline = time.monotonic() + self.timeout_s  # a round trip's time for the next
         sent = self._calls(self._pieces(hours, shared, own), layout.new_header())
         again = self.retention.listing(hours)  # heals a listing lost since, in the same round
@@ -127,8 +137,9 @@ class Committer:
         self._note_sizes(sent)
         failed = next((c for c in sent.calls if c.state != "done"), None)
         if failed is None:
-            return {ticket: (APPLIED, "") for ticket in tickets}
-        return self._outcomes(tickets, sent, f"Redis did not commit: {failed.error}", cutoff)
+            return {ticket: (APPLIED, "") for ticket in tickets}, sent
+        reason = f"Redis did not commit: {failed.error}"
+        return self._outcomes(tickets, sent, reason, cutoff), sent
 
     def _pieces(
         self, hours: list[int], shared: HourTables, own: dict[Ticket, HourTables]
@@ -192,6 +203,7 @@ class Committer:
                 if unkeyed:
                     sent.shared.setdefault((hour, bucket), []).append(len(sent.calls))
             carried.append((hour, bucket, j - i))
+            sent.rows += sum(p[5] for p in pieces[i:j])
             i = j
         call = Call(
             keys[0],

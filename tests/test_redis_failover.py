@@ -22,15 +22,8 @@ from flowagg.schema import Flow
 from flowagg.store.base import Unreachable
 from tests.conftest import WAIT_TIMEOUT
 from tests.redis_cluster import RedisCluster
-from tests.test_crash import expected_rows
-from tests.test_redis_faults import (
-    Outcomes,
-    post,
-    rows_by_request,
-    start_instance,
-    wait_ready,
-    writer,
-)
+from tests.test_redis_faults import Outcomes, check_outcomes, wait_ready, writer
+from tests.test_redis_instances import start_instance
 
 
 @pytest.fixture(scope="module")
@@ -91,19 +84,7 @@ def test_acknowledged_writes_survive_a_failover_with_wait(replicated, open_store
         victim.start()
         replicated.wait_ok()
         wait_replicated(replicated)
-        found = rows_by_request(instances[0])
-        for request_id in outcomes.acked:  # replicated before its 200: kept by the failover
-            assert found.get(request_id) == expected_rows(outcomes.sent[request_id]), request_id
-        for request_id in outcomes.nothing:
-            assert request_id not in found, request_id
-        for request_id in sorted(outcomes.maybe):
-            flows = outcomes.sent[request_id]
-            assert post(instances[1], flows, request_id) == (200, {"accepted": len(flows)})
-        for server in instances:
-            found = rows_by_request(server)
-            assert set(found) == outcomes.acked | outcomes.maybe
-            for request_id in outcomes.acked | outcomes.maybe:
-                assert found[request_id] == expected_rows(outcomes.sent[request_id])
+        check_outcomes(instances, outcomes)  # the acknowledged ones replicated before their 200
         # A store that knew the old primary forgets it once the map no longer names it.
         store = open_store(f"redis://{replicated.primaries()[0].address}")
         assert victim.address not in {n.name for n in store.client.map.nodes()}

@@ -21,22 +21,10 @@ import pytest
 
 from flowagg.store.redis import layout
 from tests.conftest import WAIT_TIMEOUT, flow
-from tests.serverproc import WAITRESS, ServerProcess
 from tests.test_crash import expected_rows, request_flows
+from tests.test_redis_instances import rows_by_request, start_instance
 
 TIMEOUT_MS = 500
-HOURS = 12  # request_flows' hours
-
-
-def start_instance(address: str, **env: str) -> ServerProcess:
-    settings = {
-        "FLOWAGG_REDIS_URL": f"redis://{address}",
-        "FLOWAGG_PARTITIONS": "4",
-        "FLOWAGG_REDIS_TIMEOUT_MS": str(TIMEOUT_MS),
-        "FLOWAGG_LOG_LEVEL": "warning",
-        **env,
-    }
-    return ServerProcess([*WAITRESS, "--threads=8", "wsgi:app"], settings).wait_serving()
 
 
 @pytest.fixture
@@ -44,7 +32,7 @@ def instances(faulty):
     started = []
     try:
         for proxy in faulty.proxies[:2]:  # seeded with different nodes, through their proxies
-            started.append(start_instance(proxy.address))
+            started.append(start_instance(proxy.address, FLOWAGG_REDIS_TIMEOUT_MS=str(TIMEOUT_MS)))
         yield started
     finally:
         for server in started:
@@ -122,16 +110,6 @@ def writer(server, outcomes: Outcomes, seed: str, stop: threading.Event) -> None
         conn.close()
 
 
-def rows_by_request(server) -> dict[str, dict]:
-    found: dict[str, dict] = {}
-    for row in server.rows(range(HOURS)):
-        rows = found.setdefault(row["src_app"], {})
-        key = (row["hour"], row["dest_app"], row["vpc_id"])
-        assert key not in rows, f"duplicate row {row}"
-        rows[key] = (row["bytes_tx"], row["bytes_rx"])
-    return found
-
-
 def test_keyed_writers_through_faults_count_every_acknowledged_request_once(faulty, instances):
     rng = random.Random()
     outcomes, stop = Outcomes(), threading.Event()
@@ -160,12 +138,18 @@ def test_keyed_writers_through_faults_count_every_acknowledged_request_once(faul
     assert outcomes.errors == []
     wait_ready(*instances)
     assert outcomes.nothing and outcomes.maybe, "the faults did not fail any request"
+    check_outcomes(instances, outcomes)
+
+
+def check_outcomes(instances, outcomes: Outcomes) -> None:
+    """Every acknowledged request there once, every "nothing" absent; then every "maybe",
+    retried with its key, there once too."""
     found = rows_by_request(instances[0])
     for request_id in outcomes.acked:
         assert found.get(request_id) == expected_rows(outcomes.sent[request_id]), request_id
     for request_id in outcomes.nothing:
         assert request_id not in found, f"{request_id} was answered 'nothing' but is there"
-    for request_id in sorted(outcomes.maybe):  # retried with their key: now whole, once
+    for request_id in sorted(outcomes.maybe):
         flows = outcomes.sent[request_id]
         assert post(instances[1], flows, request_id) == (200, {"accepted": len(flows)})
     for server in instances:

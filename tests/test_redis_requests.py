@@ -232,37 +232,26 @@ def resent_until(store, metrics, kind: str, release) -> int:
     return answer[0]
 
 
-def test_a_write_refused_for_memory_is_resent_and_applied_once(open_store, cluster):
+@pytest.mark.parametrize(
+    "setting, refusing, normal, kind",
+    [("maxmemory", 1, 0, "oom"), ("min-replicas-to-write", 1, 0, "noreplicas")],
+    ids=["out-of-memory", "no-replicas"],
+)
+def test_a_write_refused_by_a_primary_is_resent_and_applied_once(
+    open_store, cluster, setting, refusing, normal, kind
+):
     metrics = Metrics()
     store = open_store(cluster.url, metrics=metrics, timeout_s=5.0)
     nodes = cluster.primaries()
     for node in nodes:
-        node.client().config_set("maxmemory", 1)
+        node.client().config_set(setting, refusing)
 
     def release():
         for node in nodes:
-            node.client().config_set("maxmemory", 0)
+            node.client().config_set(setting, normal)
 
     try:
-        assert resent_until(store, metrics, "oom", release) == 1
-    finally:
-        release()
-    assert store.read_hour(9, WAIT_TIMEOUT) == [("r", "d", "v", 1, 1)]
-
-
-def test_a_write_refused_for_want_of_replicas_is_resent(open_store, cluster):
-    metrics = Metrics()
-    store = open_store(cluster.url, metrics=metrics, timeout_s=5.0)
-    nodes = cluster.primaries()
-    for node in nodes:
-        node.client().config_set("min-replicas-to-write", 1)
-
-    def release():
-        for node in nodes:
-            node.client().config_set("min-replicas-to-write", 0)
-
-    try:
-        assert resent_until(store, metrics, "noreplicas", release) == 1
+        assert resent_until(store, metrics, kind, release) == 1
     finally:
         release()
     assert store.read_hour(9, WAIT_TIMEOUT) == [("r", "d", "v", 1, 1)]

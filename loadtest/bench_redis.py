@@ -327,9 +327,9 @@ def median_range(values: list[float], fmt: str) -> str:
 def report(results: dict) -> str:
     rounds = results["rounds"]
     lines = [
-        "| shape | embedded flows/s | backend | one instance | vs embedded | two instances"
-        " | vs one | Redis CPU µs/flow | instance CPU µs/flow |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| shape | embedded flows/s | embedded CPU µs/flow | backend | one instance | vs embedded"
+        " | two instances | vs one | Redis CPU µs/flow | instance CPU µs/flow |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     shapes = sorted(
         {
@@ -341,13 +341,16 @@ def report(results: dict) -> str:
     )
     for shape in shapes:
         base = [r[f"post {shape} embedded"]["flows"] for r in rounds]
+        own = [1e6 * r[f"post {shape} embedded"]["cores"] / r[f"post {shape} embedded"]["flows"]
+               for r in rounds]  # fmt: skip
         for name in ("node", "cluster"):
             one = [r[f"post {shape} {name} x1"] for r in rounds]
             two = [r[f"post {shape} {name} x2"] for r in rounds]
             ratio = [o["flows"] / b for o, b in zip(one, base, strict=True)]
             gain = [t["flows"] / o["flows"] for t, o in zip(two, one, strict=True)]
             lines.append(
-                f"| {shape} conns | {median_range(base, '{:,.0f}')} | {name}"
+                f"| {shape} conns | {median_range(base, '{:,.0f}')}"
+                f" | {median_range(own, '{:.2f}')} | {name}"
                 f" | {median_range([o['flows'] for o in one], '{:,.0f}')}"
                 f" | {median_range(ratio, '{:.2f}x')}"
                 f" | {median_range([t['flows'] for t in two], '{:,.0f}')}"

@@ -126,6 +126,22 @@ def test_another_layout_refuses_to_start_naming_both(open_store, cluster):
         open_store(cluster.url, buckets=16)
 
 
+def test_another_layout_found_after_start_up_is_503_and_unready(open_store, faulty):
+    first = open_store(faulty.url, buckets=16)
+    assert first.ingest([Flow("s", "d", "v", 1, 1, 2)], WAIT_TIMEOUT) == 1  # layout recorded
+    for proxy in faulty.proxies:  # Redis is unreachable while the other instance starts
+        proxy.set("reset")
+    late = open_store(faulty.url, buckets=8, timeout_s=0.3)
+    faulty.heal()
+    with pytest.raises(Unreachable) as refused:
+        late.ingest([Flow("s", "d", "v", 1, 1, 2)], WAIT_TIMEOUT)
+    assert refused.value.applied == "nothing" and "buckets=16" in str(refused.value)
+    with pytest.raises(LayoutMismatch, match="buckets=8"):
+        late.read_hour(2, WAIT_TIMEOUT)
+    assert any("has layout 'version=2 buckets=16" in p for p in late.health(0.9))
+    assert first.read_hour(2, WAIT_TIMEOUT) == [("s", "d", "v", 1, 1)]  # nothing written
+
+
 # -- 4. per-request outcomes -----------------------------------------------------------------
 
 

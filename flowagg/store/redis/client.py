@@ -174,7 +174,10 @@ class RedisClient:
                 expected.append((("ASKING",), None))
             expected.append((call.args, call))
         if self.wait_replicas and any(c.write for c in group):
-            ms = max(1, int((left(deadline) - 0.02) * 1000))
+            # Redis answers WAIT when its timeout passes: a tenth of the time left (at least
+            # 20 ms) is kept for that answer to reach us before our own deadline.
+            time_left = left(deadline)
+            ms = max(1, int((time_left - max(0.02, time_left / 10)) * 1000))
             expected.append((("WAIT", self.wait_replicas, ms), "wait"))
         return expected
 
@@ -231,7 +234,9 @@ class RedisClient:
             node.silent_until = now + self.silent_s
         self._fail([c for c in group if c.state == "sent"], exc)
         if self.wait_replicas:  # the writes' replication was never confirmed
-            self._unconfirmed(group, exc)
+            self._unconfirmed(group, NotReplicated(
+                f"no answer from {node.name} to how many of FLOWAGG_REDIS_WAIT_REPLICAS="
+                f"{self.wait_replicas} replicas acknowledged in time ({exc})"))  # fmt: skip
 
     def _take(self, node: Node, group: list[Call], what, reply) -> None:
         """Record one reply: a call's, or that of a FUNCTION LOAD, ASKING or WAIT."""

@@ -20,8 +20,9 @@ from flowagg.store.redis.client import Call, RedisClient
 log = logging.getLogger("flowagg.redis")
 
 
-class LayoutMismatch(RuntimeError):
-    """The data in Redis has another layout than this instance's settings give."""
+class LayoutMismatch(Unreachable):
+    """The data in Redis has another layout than this instance's settings give: at start-up a
+    refused start, afterwards a 503 for every request (the instance cannot use the data)."""
 
 
 class LayoutCheck:

@@ -45,7 +45,7 @@ from flowagg.store.redis.clock import RedisClock
 from flowagg.store.redis.commit import APPLIED, MAYBE, NOTHING, PARTLY, CommitPartition
 from flowagg.store.redis.compaction import Compactor
 from flowagg.store.redis.idempotency import RequestKeys, fingerprint
-from flowagg.store.redis.meta import LayoutCheck
+from flowagg.store.redis.meta import LayoutCheck, LayoutMismatch
 from flowagg.store.redis.retention import Retention
 from flowagg.store.redis.writer import Committer
 from flowagg.store.ringbuffer import Closed as BufferClosed
@@ -126,6 +126,9 @@ class RedisStore:
             topology = self.client.topology(deadline)
             self.layout.ensure(deadline, quiet=True)
             self.clock.sync(deadline)
+        except LayoutMismatch:  # an Unreachable too, but one that waiting does not mend
+            self.client.close()
+            raise
         except (NoNode, Unreachable) as exc:
             log.warning("redis: %s; retrying on use", exc)
             return
@@ -160,7 +163,10 @@ class RedisStore:
         flows = flows if isinstance(flows, list) else list(flows)
         if self.closed:
             raise Closed("store is closed")
-        self.layout.ensure(self._round_deadline(deadline))
+        try:
+            self.layout.ensure(self._round_deadline(deadline))
+        except LayoutMismatch as exc:
+            raise Unreachable(str(exc), NOTHING) from None
         retry = False
         if idempotency_key is not None:
             print_ = fingerprint(flows)

@@ -54,36 +54,36 @@ def wait_for_failover(cluster: RedisCluster, killed) -> None:
 
 def test_acknowledged_writes_survive_a_failover_with_wait(replicated, open_store):
     replicated.flush()
-    instances = [
-        start_instance(node.address, FLOWAGG_REDIS_WAIT_REPLICAS="1",
-                       FLOWAGG_REDIS_TIMEOUT_MS="2000")
-        for node in replicated.primaries()[:2]
-    ]  # fmt: skip
+    instances, victim = [], None
     outcomes, stop = Outcomes(), threading.Event()
-    threads = [
-        threading.Thread(target=writer, args=(instances[w % 2], outcomes, f"f{w}", stop))
-        for w in range(6)
-    ]
     try:
-        for t in threads:
-            t.start()
-        outcomes.wait(random.randrange(30, 120), WAIT_TIMEOUT * 3)
-        victim = random.choice(replicated.primaries())
-        seed = next(n for n in replicated.primaries() if n is not victim)  # (a seed is kept)
-        watcher = open_store(f"redis://{seed.address}")  # an instance that knows the victim
-        assert victim.address in {n.name for n in watcher.client.map.nodes()}
-        victim.kill()  # right after those acknowledgements, with writers still writing
-        wait_for_failover(replicated, victim)
-        watcher.client.map.invalidate()  # as a refused call does
-        watcher.client.topology()
-        assert victim.address not in {n.name for n in watcher.client.map.nodes()}  # forgotten
-        wait_ready(*instances)
-        outcomes.wait(30, WAIT_TIMEOUT * 3)  # and more after it
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(WAIT_TIMEOUT * 3)
-    try:
+        for node in replicated.primaries()[:2]:
+            instances.append(start_instance(node.address, FLOWAGG_REDIS_WAIT_REPLICAS="1",
+                                            FLOWAGG_REDIS_TIMEOUT_MS="2000"))  # fmt: skip
+        threads = [
+            threading.Thread(target=writer, args=(instances[w % 2], outcomes, f"f{w}", stop))
+            for w in range(6)
+        ]
+        try:
+            for t in threads:
+                t.start()
+            outcomes.wait(random.randrange(30, 120), WAIT_TIMEOUT * 3)
+            victim = random.choice(replicated.primaries())
+            seed = next(n for n in replicated.primaries() if n is not victim)  # a seed is kept
+            watcher = open_store(f"redis://{seed.address}")  # an instance that knows the victim
+            assert victim.address in {n.name for n in watcher.client.map.nodes()}
+            victim.kill()  # right after those acknowledgements, with writers still writing
+            wait_for_failover(replicated, victim)
+            wait_unnamed(seed, victim)  # the cluster's slot map no longer names it
+            watcher.client.map.invalidate()  # as a refused call does
+            watcher.client.topology()
+            assert victim.address not in {n.name for n in watcher.client.map.nodes()}  # forgotten
+            wait_ready(*instances)
+            outcomes.wait(30, WAIT_TIMEOUT * 3)  # and more after it
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(WAIT_TIMEOUT * 3)
         assert not any(t.is_alive() for t in threads) and outcomes.errors == []
         # The successor has no replica until the old primary is back as one: until then it
         # cannot confirm a write, and retries would only be refused.
@@ -94,9 +94,21 @@ def test_acknowledged_writes_survive_a_failover_with_wait(replicated, open_store
     finally:
         for server in instances:
             server.kill()
-        if not victim.running:
+        if victim is not None and not victim.running:
             victim.start()
         replicated.wait_ok()
+
+
+def wait_unnamed(node, gone) -> None:
+    """Until ``node``'s CLUSTER SLOTS names ``gone`` neither as a primary nor as a replica."""
+    deadline = time.monotonic() + WAIT_TIMEOUT * 3
+    while True:
+        named = {int(n[1]) for r in node.client().execute_command("CLUSTER", "SLOTS")
+                 for n in r[2:]}  # fmt: skip
+        if gone.port not in named:
+            return
+        assert time.monotonic() < deadline, f"{node.address} still names {gone.address}"
+        time.sleep(0.05)
 
 
 def wait_replicated(cluster: RedisCluster) -> None:

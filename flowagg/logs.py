@@ -290,6 +290,36 @@ def _installed() -> BufferedHandler:
 # waitress logs from its I/O thread ("Task queue depth is ..." under load): through the buffer
 # too, or a full stderr would stop the thread that serves every connection.
 SERVER_LOGGER = "waitress"
+# waitress warns of its task queue at every request that finds no idle thread: under a steady
+# load that is one urgent line per request, and building and writing them cost the service more
+# than a tenth of its GIL. One such line every QUEUE_WARNING_EVERY_S says the same.
+QUEUE_LOGGER = "waitress.queue"
+QUEUE_WARNING_EVERY_S = 10.0
+
+
+class OncePer(logging.Filter):
+    """Lets one record through every ``interval_s``; that one says how many it stands for."""
+
+    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next = float("-inf")
+        self._held = 0  # records filtered out since the last one let through
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self._clock()
+        with self._lock:
+            if now < self._next:
+                self._held += 1
+                return False
+            self._next = now + self.interval_s
+            held, self._held = self._held, 0
+        if held:
+            record.msg = f"{record.getMessage()} (and {held} like it since the last one shown)"
+            record.args = None
+        return True
 
 
 def configure(fmt: str, level: str, limit_bytes: int = LIMIT_BYTES) -> LogBuffer:
@@ -305,6 +335,9 @@ def configure(fmt: str, level: str, limit_bytes: int = LIMIT_BYTES) -> LogBuffer
     if handler not in server.handlers:
         server.addHandler(handler)
         server.propagate = False
+    queue = logging.getLogger(QUEUE_LOGGER)
+    if not any(isinstance(f, OncePer) for f in queue.filters):
+        queue.addFilter(OncePer(QUEUE_WARNING_EVERY_S))
     return handler.buffer
 
 

@@ -1,6 +1,7 @@
 """Log lines: their formats, and the buffer that keeps every write off the request threads."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 from flowagg import logs
 from tests.conftest import WAIT_TIMEOUT, flow, wait_until
-from tests.serverproc import ROOT, WAITRESS
+from tests.serverproc import ROOT, WAITRESS, ServerProcess
 
 
 @pytest.fixture
@@ -299,3 +300,60 @@ def test_a_server_with_a_stuck_stderr_keeps_answering_and_counts_what_it_dropped
         proc.kill()
         proc.wait(WAIT_TIMEOUT)
         proc.stderr.close()
+
+
+def test_waitress_queue_warnings_are_shown_once_per_interval():
+    now = [0.0]
+    once = logs.OncePer(10.0, clock=lambda: now[0])
+
+    def record() -> logging.LogRecord:
+        return logging.LogRecord("waitress.queue", logging.WARNING, "", 0, "depth %d", (3,), None)
+
+    first = record()
+    assert once.filter(first) and first.getMessage() == "depth 3"
+    assert [once.filter(record()) for _ in range(99)] == [False] * 99
+    now[0] = 9.9
+    assert not once.filter(record())
+    now[0] = 10.0
+    shown = record()
+    assert once.filter(shown)
+    assert shown.getMessage() == "depth 3 (and 100 like it since the last one shown)"
+    now[0] = 25.0
+    alone = record()
+    assert once.filter(alone) and alone.getMessage() == "depth 3"
+
+
+def test_a_saturated_server_warns_of_its_queue_once_per_interval():
+    """waitress-serve with one thread and 8 clients posting at once: every request finds the
+    thread busy, and waitress's warning of its task queue goes out once per interval, not once
+    per request."""
+    import http.client
+
+    server = ServerProcess([*WAITRESS, "--threads=1", "wsgi:app"], {}).wait_serving()
+    try:
+        start = threading.Barrier(8)
+        statuses: list[int] = []
+
+        def client() -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=WAIT_TIMEOUT)
+            start.wait(WAIT_TIMEOUT)
+            for _ in range(100):
+                conn.request("POST", "/flows", body=json.dumps([flow()]))
+                response = conn.getresponse()
+                response.read()
+                statuses.append(response.status)
+            conn.close()
+
+        began = time.monotonic()
+        threads = [threading.Thread(target=client) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT_TIMEOUT * 3)
+        elapsed = time.monotonic() - began
+        assert statuses == [200] * 800
+        assert server.rows([1]) == [{**flow(), "bytes_tx": 800, "bytes_rx": 1600}]
+    finally:
+        server.stop()
+    warnings = [line for line in server.lines if "Task queue depth is" in line]
+    assert 1 <= len(warnings) <= 1 + elapsed // logs.QUEUE_WARNING_EVERY_S, warnings

@@ -193,7 +193,9 @@ SETTINGS = (
     Setting(
         "FLOWAGG_MAX_KEYS",
         20_000_000,
-        _int_at_least(1),
+        # An hour's table holds at most 2**31 - 1 keys (TableFull beyond): within this budget,
+        # which is exact near its limit, no merge of an accepted request can find its hour full.
+        _int_at_least(1, 2**31 - 1),
         "Key-hours held in all; a POST that would add more is refused whole with 429.",
     ),
     Setting(

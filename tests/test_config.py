@@ -114,6 +114,10 @@ def test_environment_overrides_defaults_and_test_config_overrides_both():
         ({"FLOWAGG_PARTITONS": "4"}, "unknown setting FLOWAGG_PARTITONS"),
         ({"FLOWAGG_FSYNC": "sometimes"}, "FLOWAGG_FSYNC='sometimes': expected one of always, "),
         ({"FLOWAGG_FSYNC_INTERVAL_MS": "0"}, "FLOWAGG_FSYNC_INTERVAL_MS='0': must be >= 1"),
+        (
+            {"FLOWAGG_MAX_KEYS": "2147483648"},
+            "FLOWAGG_MAX_KEYS='2147483648': must be <= 2147483647",
+        ),
     ],
     ids=[
         "zero",
@@ -127,6 +131,7 @@ def test_environment_overrides_defaults_and_test_config_overrides_both():
         "typo",
         "fsync",
         "interval",
+        "keys past what an hour holds",
     ],
 )
 def test_invalid_environment_fails_naming_the_variable(environ, message):

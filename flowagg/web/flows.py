@@ -27,6 +27,7 @@ def _ms(setting: str) -> float:
 
 @bp.post("/flows")
 def post_flows() -> Response:
+    started = time.perf_counter()
     # get_data() reads the raw body whatever the Content-Type (curl -d sends a form type) and
     # raises 413 before reading when Content-Length exceeds MAX_CONTENT_LENGTH.
     environ = request.environ
@@ -43,6 +44,7 @@ def post_flows() -> Response:
     metrics = get_metrics(app)
     metrics.requests_accepted.inc()
     metrics.flows_accepted.inc(accepted)
+    metrics.ingest_seconds.observe(time.perf_counter() - started)
     note_accepted(accepted, environ)
     return json_response({"accepted": accepted})
 

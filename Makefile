@@ -41,9 +41,10 @@ run: $(NATIVE)
 	exec $(BIN)/waitress-serve --host=$(HOST) --port=$(PORT) --threads=$(THREADS) $$flags wsgi:app
 
 # The page's tests drive Debian's chromium (tests/test_page.py), tests/test_nginx.py Debian's
-# nginx and openssl: installed here when missing and we may (root with apt-get); without them
-# those tests fail, saying so. (Where services may start, Debian's package also starts its own
-# nginx on port 80; the tests start theirs.)
+# nginx and openssl, tests/test_deploy.py its haproxy and systemd-analyze (systemd): installed
+# here when missing and we may (root with apt-get); without them those tests fail, saying so
+# (the unit's checks by systemd-analyze are skipped). (Where services may start, Debian's
+# packages also start their own nginx and haproxy; the tests start theirs.)
 CHROMIUM := /usr/bin/chromium
 
 test: $(NATIVE) chromium redis-tools
@@ -51,6 +52,11 @@ test: $(NATIVE) chromium redis-tools
 		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		{ apt-get update -qq && apt-get install -y -qq nginx openssl; } >/dev/null 2>&1; } || \
 		echo "nginx or openssl is not installed: tests/test_nginx.py will fail"
+	@{ command -v haproxy || [ -x /usr/sbin/haproxy ]; } >/dev/null && \
+		command -v systemd-analyze >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && apt-get install -y -qq haproxy systemd; } >/dev/null 2>&1; } || \
+		echo "haproxy or systemd-analyze is not installed: tests/test_deploy.py will fail"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 chromium:

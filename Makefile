@@ -85,23 +85,44 @@ lint: $(BIN)/activate
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 # A copy of the package whose table module is built with AddressSanitizer and UndefinedBehavior-
-# Sanitizer (any report fails the run); the interpreter preloads their runtimes. Leaks in the
-# module's own memory are caught by tests/test_table.py itself (tracemalloc sees it).
+# Sanitizer (any report fails the run); the interpreter preloads their runtimes and allocates
+# its objects with malloc, so that a read past a Python object is seen too. Leaks in the
+# module's own memory are caught by tests/test_table.py itself (tracemalloc sees it). Then the
+# fuzzer (tests/fuzz/fuzz_table.py, atheris over libFuzzer) drives a copy built by clang with
+# coverage and both sanitizers for FUZZ_SECONDS, seeded from tests/fuzz/corpus/; clang (Debian)
+# and atheris (PyPI, into .venv) are installed here when missing.
 SANITIZED := build/sanitized
+FUZZED := build/fuzz
 SANITIZERS := -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_SECONDS ?= 60
+PY_INCLUDE = $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+EXT_SUFFIX = $$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 check-native: $(NATIVE)
 	rm -rf $(SANITIZED) && mkdir -p $(SANITIZED)
 	cp -r flowagg tests pyproject.toml $(SANITIZED)/
 	rm -f $(SANITIZED)/flowagg/store/table.*.so
-	$(CC) -shared -fPIC -O1 -g -std=c11 -Wall -Wextra -Werror $(SANITIZERS) \
-		-I"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
-		$(filter %.c,$(NATIVE_SOURCES)) \
-		-o $(SANITIZED)/flowagg/store/table$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
-	cd $(SANITIZED) && ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	$(CC) -shared -fPIC -O1 -g -std=c11 -Wall -Wextra -Werror $(SANITIZERS) -I"$(PY_INCLUDE)" \
+		$(filter %.c,$(NATIVE_SOURCES)) -o $(SANITIZED)/flowagg/store/table$(EXT_SUFFIX)
+	cd $(SANITIZED) && PYTHONMALLOC=malloc ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
 		LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 		$(abspath $(BIN))/python -m pytest -q -p no:cacheprovider \
-		tests/test_table.py tests/test_query.py tests/test_partition.py tests/test_api.py \
-		tests/test_concurrency.py
+		tests/test_table.py tests/test_table_safety.py tests/test_query.py \
+		tests/test_partition.py tests/test_limits.py tests/test_api.py tests/test_concurrency.py
+	@command -v clang >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && apt-get -o DPkg::Lock::Timeout=300 install -y -qq clang; } \
+		>/dev/null 2>&1; } || { echo "clang cannot be installed: no fuzzing" >&2; exit 1; }
+	$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/pip install --quiet atheris
+	rm -rf $(FUZZED) && mkdir -p $(FUZZED)/corpus
+	cp -r flowagg tests pyproject.toml $(FUZZED)/
+	rm -f $(FUZZED)/flowagg/store/table.*.so
+	clang -shared -fPIC -O1 -g -std=c11 -Wall -Wextra -Werror $(SANITIZERS) \
+		-fsanitize=fuzzer-no-link -I"$(PY_INCLUDE)" \
+		$(filter %.c,$(NATIVE_SOURCES)) -o $(FUZZED)/flowagg/store/table$(EXT_SUFFIX)
+	cd $(FUZZED) && PYTHONMALLOC=malloc ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		LD_PRELOAD="$$($(abspath $(BIN))/python -c 'import atheris; print(atheris.path())')/asan_with_fuzzer.so" \
+		$(abspath $(BIN))/python tests/fuzz/fuzz_table.py -max_total_time=$(FUZZ_SECONDS) \
+		-rss_limit_mb=4096 -print_final_stats=1 corpus $(abspath tests/fuzz/corpus)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build flowagg/store/table.*.so

@@ -8,21 +8,16 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
-
-from flowagg import logs, web
-from flowagg.config import ConfigError, for_log, resolve
-from flowagg.metrics import Metrics
-from flowagg.shutdown import exit_on_sigterm
-from flowagg.store.durable import open_durable_store
-from flowagg.store.memory import PartitionedStore
-from flowagg.store.redis.store import open_redis_store
-from flowagg.tokens import Tokens, TokensFileError
-from flowagg.web.guard import is_loopback, waitress_hosts
+if TYPE_CHECKING:
+    from flask import Flask
 
 log = logging.getLogger(__name__)
+
+# The server's modules (Flask, the stores, the web layer) are imported by create_app when it
+# runs, not with the package: the client and the shipper (flowagg.client, flowagg.ship) are
+# parts of the package that need none of them.
 
 
 def create_app(
@@ -34,6 +29,18 @@ def create_app(
     setting stops start-up with one line naming the variable. ``clock`` is the wall clock the
     hours window follows (tests pass their own).
     """
+    from flask import Flask
+
+    from flowagg import logs, web
+    from flowagg.config import ConfigError, for_log, resolve
+    from flowagg.metrics import Metrics
+    from flowagg.shutdown import exit_on_sigterm
+    from flowagg.store.durable import open_durable_store
+    from flowagg.store.memory import PartitionedStore, tune_allocator
+    from flowagg.store.redis.store import open_redis_store
+    from flowagg.tokens import Tokens, TokensFileError
+    from flowagg.web.guard import waitress_hosts
+
     try:
         settings = resolve(os.environ, config)
     except ConfigError as exc:
@@ -48,6 +55,11 @@ def create_app(
         app.config["FLOWAGG_LOG_BUFFER_BYTES"],
     )
     log.info("starting", extra={"fields": for_log(settings)})
+    if app.config["FLOWAGG_REDIS_URL"] is None:  # the tables are in this process
+        given = (config or {}).get("FLOWAGG_MAX_MEMORY_BYTES")
+        given = os.environ.get("FLOWAGG_MAX_MEMORY_BYTES") if given is None else given
+        log_memory_limit(app.config["FLOWAGG_MAX_MEMORY_BYTES"], bool(str(given or "").strip()))
+        tune_allocator()
 
     tokens = None
     if app.config["FLOWAGG_TOKENS_FILE"] is not None:
@@ -77,11 +89,18 @@ def create_app(
             max_keys=app.config["FLOWAGG_MAX_KEYS"],
             max_name_bytes=app.config["FLOWAGG_MAX_NAME_BYTES"],
             clock=clock,
+            max_memory_bytes=app.config["FLOWAGG_MAX_MEMORY_BYTES"],
         )
     else:  # replays the log before returning, so traffic is accepted only after recovery
         store = open_durable_store(app.config, metrics, clock)
         exit_on_sigterm(store)
     metrics.watch(store)
+    # How long Idempotency-Keys are kept, 0 for not at all (the in-memory store keeps none):
+    # answers say so in a header, so that a client knows whether its retries may count twice.
+    memory = isinstance(store, PartitionedStore)
+    app.extensions["flowagg.idempotency_window"] = (
+        0 if memory else app.config["FLOWAGG_IDEMPOTENCY_TTL_S"]
+    )
     app.extensions["flowagg"] = store
     app.extensions["flowagg.metrics"] = metrics
     app.extensions["flowagg.access"] = logs.AccessLog(log_buffer, app.config["FLOWAGG_LOG_FORMAT"])
@@ -89,8 +108,27 @@ def create_app(
     return app
 
 
+def log_memory_limit(limit: int, given: bool) -> None:
+    """One line at start-up: what the tables may hold, and where that figure comes from."""
+    from flowagg.hostmemory import memory_available
+
+    if given:
+        log.info("memory: the tables may hold %d bytes (FLOWAGG_MAX_MEMORY_BYTES)", limit)
+    else:
+        available, source = memory_available()
+        log.info(
+            "memory: the tables may hold %d bytes (FLOWAGG_MAX_MEMORY_BYTES unset: a quarter"
+            " of %d bytes, %s)",
+            limit,
+            available,
+            source,
+        )
+
+
 def warn_if_open(hosts: list[str]) -> None:
     """One warning when the service, without tokens, listens beyond the loopback interface."""
+    from flowagg.web.guard import is_loopback
+
     exposed = [h for h in hosts if not is_loopback(h)]
     if exposed:
         log.warning(

@@ -1,9 +1,12 @@
 """``python -m flowagg``: serve with waitress; on SIGTERM or SIGINT, shut down cleanly.
 
-    python -m flowagg [--host 127.0.0.1] [--port 8080] [--threads 8] [--shutdown-timeout 30]
-                      [--connection-limit 1000] [--channel-timeout 15]
+    python -m flowagg [serve] [--host 127.0.0.1] [--port 8080] [--threads 8]
+                      [--shutdown-timeout 30] [--connection-limit 1000] [--channel-timeout 15]
     python -m flowagg --waitress-flags
     python -m flowagg token NAME ROLE    # a new bearer token, and its line for the tokens file
+    python -m flowagg ship [options] FILE...   # VPC Flow Logs to the service (flowagg.ship)
+
+``flowagg`` (the console script ``pip install`` puts on the PATH) is the same command.
 
 Settings come from ``FLOWAGG_*`` environment variables as for ``waitress-serve``. Exit status:
 0 after a clean shutdown, 1 if it did not finish in time, 2 if start-up was refused.
@@ -23,10 +26,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from flowagg import create_app, warn_if_open
 from flowagg.config import ConfigError, resolve
-from flowagg.shutdown import serve
-from flowagg.store.durable import CorruptFile, DataDirInUse
 from flowagg.tokens import ROLES, new_token
 
 log = logging.getLogger("flowagg")
@@ -116,8 +116,22 @@ def token_command(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ship"]:  # imports nothing of the server
+        from flowagg.ship.cli import main as ship
+
+        return ship(argv[1:])
     if argv[:1] == ["token"]:
         return token_command(argv[1:])
+    if argv[:1] == ["serve"]:
+        argv = argv[1:]
+    return serve_command(argv)
+
+
+def serve_command(argv: list[str]) -> int:
+    from flowagg import create_app, warn_if_open
+    from flowagg.shutdown import serve
+    from flowagg.store.durable import CorruptFile, DataDirInUse
+
     parser = argparse.ArgumentParser(prog="python -m flowagg", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")

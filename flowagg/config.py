@@ -8,10 +8,13 @@ environment and from a test config pass through the same parser, so ``FLOWAGG_PA
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from flowagg.hostmemory import default_memory_limit
 
 PREFIX = "FLOWAGG_"
 
@@ -112,6 +115,34 @@ def _redis_url(raw: Any) -> str | None:
     return url
 
 
+# Units of a size: decimal (kB, MB, GB, TB) and binary (KiB, MiB, GiB, TiB; K, M, G, T too).
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}  # fmt: skip
+_SIZE = re.compile(r"([0-9]+)\s*([a-z]*)")
+
+
+def _size(minimum: int) -> Callable[[Any], int]:
+    """A number of bytes, whole: ``268435456``, ``256MiB``, ``256M`` (binary), ``2GB``."""
+
+    def parse(raw: Any) -> int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw
+        else:
+            match = _SIZE.fullmatch(str(raw).strip().lower())
+            if match is None or match.group(2) not in _UNITS:
+                raise ValueError("expected a size such as 268435456, 256MiB or 2GB")
+            value = int(match.group(1)) * _UNITS[match.group(2)]
+        if value < minimum:
+            raise ValueError(f"must be >= {minimum} bytes")
+        return value
+
+    return parse
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str  # environment variable and config key
@@ -164,6 +195,14 @@ SETTINGS = (
         20_000_000,
         _int_at_least(1),
         "Key-hours held in all; a POST that would add more is refused whole with 429.",
+    ),
+    Setting(
+        "FLOWAGG_MAX_MEMORY_BYTES",
+        None,
+        _optional(_size(1024 * 1024)),
+        "Bytes the native tables may allocate (a size: 268435456, 256MiB, 2GB); a POST that"
+        " would take them past it is refused whole with 429. Unset: a quarter of the memory"
+        " the process may use (its cgroup's limit, else physical memory).",
     ),
     Setting(
         "FLOWAGG_MAX_NAME_BYTES",
@@ -281,6 +320,8 @@ SETTINGS = (
 )
 
 DEFAULTS = {s.name: s.default for s in SETTINGS}
+# Variables of the client side (flowagg ship), which may be set where the server starts too.
+CLIENT_ONLY = frozenset({"FLOWAGG_TOKEN"})
 
 
 def resolve(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None) -> dict:
@@ -292,7 +333,11 @@ def resolve(environ: Mapping[str, str], overrides: Mapping[str, Any] | None = No
     for name, raw in (overrides or {}).items():
         setting = next((s for s in SETTINGS if s.name == name), None)
         values[name] = raw if setting is None else _parse(setting, raw)
-    unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in DEFAULTS)
+    if values.get("FLOWAGG_MAX_MEMORY_BYTES") is None:
+        values["FLOWAGG_MAX_MEMORY_BYTES"] = default_memory_limit()
+    unknown = sorted(
+        k for k in environ if k.startswith(PREFIX) and k not in DEFAULTS and k not in CLIENT_ONLY
+    )
     if unknown:
         raise ConfigError(f"unknown setting {unknown[0]} (known: {', '.join(DEFAULTS)})")
     if values.get("FLOWAGG_REDIS_URL") and values.get("FLOWAGG_DATA_DIR"):

@@ -23,6 +23,7 @@ REJECT_REASONS = (
     "overloaded",
     "unavailable",
     "key_limit",
+    "memory_limit",
     "unauthorized",
     "forbidden",
 )
@@ -228,6 +229,19 @@ class StoreCollector(Collector):
                 "flowagg_keys_limit",
                 "FLOWAGG_MAX_KEYS: the key-hours the store may hold (POSTs past it get 429)",
                 stats.keys_limit,
+            )
+        if stats.memory_bytes is not None:
+            yield GaugeMetricFamily(
+                "flowagg_memory_bytes",
+                "Bytes the native tables allocate (entries, slots, names, hours), counted exactly",
+                stats.memory_bytes,
+            )
+        if stats.memory_limit is not None:
+            yield GaugeMetricFamily(
+                "flowagg_memory_limit_bytes",
+                "FLOWAGG_MAX_MEMORY_BYTES: the bytes the tables may allocate (POSTs past it get"
+                " 429)",
+                stats.memory_limit,
             )
         yield GaugeMetricFamily("flowagg_hours", "Hours held", stats.hours)
         if stats.log_bytes is not None:

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from tests.conftest import flow
+from flowagg.schema import LARGE_BODY, SLICE_FLOWS
+from tests.conftest import Flows, flow
 
 WORKED_EXAMPLE = [
     flow("foo", "bar", "vpc-0", 100, 300, 1),
@@ -340,3 +341,68 @@ def test_an_invalid_body_costs_no_more_memory_than_a_valid_one_of_its_size(where
 
     # The same, but for the exception and its message: a few hundred bytes.
     assert peak(invalid) <= peak(valid) + 64 * 1024
+
+
+# -- large bodies: decoded a slice at a time ----------------------------------------------------
+
+
+def large_body(records: list[dict]) -> bytes:
+    body = json.dumps(records).encode()
+    assert len(body) >= LARGE_BODY
+    return body
+
+
+def test_a_large_body_is_applied_whole(make_app):
+    app = make_app(FLOWAGG_RETENTION_HOURS=None)
+    client, flows = app.test_client(), Flows(app.test_client())
+    count = 3 * SLICE_FLOWS + 5
+    records = [flow(src=f"s{k % 1000}", hour=k % 3, tx=k) for k in range(count)]
+    response = client.post("/flows", data=large_body(records))
+    assert (response.status_code, response.get_json()) == (200, {"accepted": count})
+    for hour in range(3):
+        rows = {r["src_app"]: r["bytes_tx"] for r in flows.get(hour)}
+        expected: dict[str, int] = {}
+        for r in records:
+            if r["hour"] == hour:
+                expected[r["src_app"]] = expected.get(r["src_app"], 0) + r["bytes_tx"]
+        assert rows == expected
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (
+            {"bytes_tx": "lots"},
+            'bytes_tx: expected an integer >= 0 and <= 9223372036854775807, got "lots"',
+        ),
+        ({"src_app": ""}, 'src_app: expected a non-empty string, got ""'),
+        ({"hour": None}, "hour: expected an integer >= 0 and <= 9223372036854775807, got null"),
+    ],
+    ids=["counter", "empty-name", "null-hour"],
+)
+def test_a_bad_record_late_in_a_large_body_is_named_by_its_index_and_nothing_is_applied(
+    make_app, bad, message
+):
+    app = make_app()
+    client, flows = app.test_client(), Flows(app.test_client())
+    count = 3 * SLICE_FLOWS
+    records = [flow(src=f"s{k}", hour=7) for k in range(count)]
+    at = 2 * SLICE_FLOWS + 17
+    records[at] = {**records[at], **bad}
+    response = client.post("/flows", data=large_body(records))
+    assert response.status_code == 400
+    assert response.get_json() == {"error": f"$[{at}].{message}"}
+    assert flows.get(7) == []
+
+
+def test_a_long_name_late_in_a_large_body_is_named_by_its_index(make_app):
+    app = make_app(FLOWAGG_MAX_NAME_BYTES=16)
+    client = app.test_client()
+    records = [flow(src=f"s{k}", hour=7) for k in range(3 * SLICE_FLOWS)]
+    at = SLICE_FLOWS + 3
+    records[at] = {**records[at], "dest_app": "d" * 17}
+    response = client.post("/flows", data=large_body(records))
+    assert response.get_json() == {
+        "error": f"$[{at}].dest_app: longer than FLOWAGG_MAX_NAME_BYTES=16 bytes of UTF-8"
+    }
+    assert Flows(client).get(7) == []

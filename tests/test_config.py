@@ -1,7 +1,10 @@
+import os
+
 import pytest
 
 from flowagg import create_app
 from flowagg.config import DEFAULTS, ConfigError, resolve
+from flowagg.hostmemory import default_memory_limit, memory_available
 
 
 def test_defaults():
@@ -13,6 +16,7 @@ def test_defaults():
         "FLOWAGG_RETENTION_HOURS": None,
         "FLOWAGG_MAX_FUTURE_HOURS": None,
         "FLOWAGG_MAX_KEYS": 20_000_000,
+        "FLOWAGG_MAX_MEMORY_BYTES": default_memory_limit(),
         "FLOWAGG_MAX_NAME_BYTES": 1024,
         "FLOWAGG_TOKENS_FILE": None,
         "FLOWAGG_ALLOWED_ORIGINS": None,
@@ -32,6 +36,39 @@ def test_defaults():
         "FLOWAGG_REDIS_BUCKETS": 16,
         "FLOWAGG_REDIS_TIMEOUT_MS": 2_000,
     }
+
+
+def test_the_memory_limit_defaults_to_a_quarter_of_what_the_process_may_use():
+    available, source = memory_available()
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 0 < available <= physical
+    assert source == "physical memory" or source.startswith("the cgroup limit (/sys/fs/cgroup")
+    assert default_memory_limit() == available // 4
+    assert resolve({"FLOWAGG_MAX_MEMORY_BYTES": ""})["FLOWAGG_MAX_MEMORY_BYTES"] == available // 4
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("268435456", 268_435_456),
+        ("256MiB", 256 * 2**20),
+        ("256 MiB", 256 * 2**20),
+        ("256m", 256 * 2**20),
+        ("2GB", 2 * 10**9),
+        ("1gib", 2**30),
+        ("4096KiB", 4 * 2**20),
+        ("1TB", 10**12),
+        (2**21, 2**21),
+    ],
+)
+def test_memory_sizes_take_units(raw, expected):
+    assert resolve({}, {"FLOWAGG_MAX_MEMORY_BYTES": raw})["FLOWAGG_MAX_MEMORY_BYTES"] == expected
+
+
+@pytest.mark.parametrize("raw", ["1.5GB", "256 MB MB", "-1MiB", "lots", "256XB", "1000", "1KiB"])
+def test_a_memory_size_that_is_not_one_stops_start_up(raw):
+    with pytest.raises(ConfigError, match=r"^FLOWAGG_MAX_MEMORY_BYTES="):
+        resolve({"FLOWAGG_MAX_MEMORY_BYTES": raw})
 
 
 def test_optional_and_enum_settings():
@@ -146,3 +183,25 @@ def test_data_dir_that_is_a_file_is_refused(tmp_path):
     path.write_text("")
     with pytest.raises(ConfigError, match="FLOWAGG_DATA_DIR=.*: exists and is not a directory"):
         resolve({"FLOWAGG_DATA_DIR": str(path)})
+
+
+def test_the_shippers_token_variable_does_not_stop_the_server():
+    # FLOWAGG_TOKEN is read by flowagg ship; a shell that exports it may start the server too.
+    assert resolve({"FLOWAGG_TOKEN": "secret"}) == resolve({})
+
+
+def test_start_up_says_what_the_tables_may_hold_and_why(caplog):
+    available, source = memory_available()
+    caplog.set_level("INFO", logger="flowagg")
+    app = create_app({"FLOWAGG_MAX_MEMORY_BYTES": None})
+    given = create_app({"FLOWAGG_MAX_MEMORY_BYTES": "256MiB"})
+    try:
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("memory:")]
+        assert lines == [
+            f"memory: the tables may hold {available // 4} bytes (FLOWAGG_MAX_MEMORY_BYTES"
+            f" unset: a quarter of {available} bytes, {source})",
+            "memory: the tables may hold 268435456 bytes (FLOWAGG_MAX_MEMORY_BYTES)",
+        ]
+    finally:
+        app.extensions["flowagg"].close(5.0)
+        given.extensions["flowagg"].close(5.0)

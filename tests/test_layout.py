@@ -110,6 +110,31 @@ def test_only_create_app_picks_a_concrete_store():
     assert_none(outside, forbidden)
 
 
+# What the server is made of: the client and the shipper run where none of it is needed.
+SERVER = ("flask", "werkzeug", "waitress", "flowagg.web", "flowagg.store", "flowagg.shutdown")
+
+
+def test_the_client_and_the_shipper_import_nothing_of_the_server():
+    modules = modules_in("flowagg.client") + modules_in("flowagg.ship")
+    assert "flowagg.client.client" in modules and "flowagg.ship.shipper" in modules
+    assert_none(modules, lambda module, name: within(name, *SERVER))
+
+
+def test_the_client_knows_nothing_of_the_shipper():
+    assert_none(modules_in("flowagg.client"), lambda module, name: within(name, "flowagg.ship"))
+
+
+def test_the_package_imports_the_server_only_when_it_serves():
+    """``import flowagg`` (which any ``flowagg.*`` import runs) names no server module at its
+    top level: ``create_app`` and ``python -m flowagg`` import them when they run."""
+    for name in ("flowagg", "flowagg.__main__"):
+        tree = ast.parse(MODULES[name].read_text())
+        top = [node for node in tree.body if isinstance(node, ast.Import | ast.ImportFrom)]
+        found = {alias.name for node in top if isinstance(node, ast.Import) for alias in node.names}
+        found |= {node.module for node in top if isinstance(node, ast.ImportFrom) and node.module}
+        assert not [n for n in found if within(n, *SERVER, "flowagg.metrics")], (name, found)
+
+
 def test_no_module_is_longer_than_400_lines():
     lengths = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
     assert {name: n for name, n in lengths.items() if n > MAX_LINES} == {}

@@ -3,6 +3,7 @@ limit; and that one client's refused request changes nothing of anyone's data.""
 
 import gc
 import json
+import re
 import threading
 import tracemalloc
 
@@ -10,7 +11,7 @@ import pytest
 
 from flowagg import create_app
 from flowagg.schema import Flow
-from flowagg.store.base import KeyLimit
+from flowagg.store.base import KeyLimit, MemoryLimit
 from flowagg.store.memory import PartitionedStore
 from tests.conftest import WAIT_TIMEOUT, FakeClock, Flows, Stall, flow
 from tests.test_operations import scrape, value
@@ -283,3 +284,112 @@ def test_concurrent_requests_never_pass_the_key_limit_together():
     assert held >= limit - 10  # and not refused far below the limit
     assert refused  # the limit was reached
     assert store.close(WAIT_TIMEOUT)
+
+
+# -- bytes of table memory -------------------------------------------------------------------
+
+MIB = 2**20
+
+
+def fill_until_refused(flows: Flows, batch: int, hour: int = 3) -> tuple[list[list[dict]], dict]:
+    """POST batches of new keys until one is refused; returns the accepted ones and the 429."""
+    accepted = []
+    for b in range(10_000):
+        records = [flow(src=f"s{b}-{k}", dest="d" * 40, hour=hour) for k in range(batch)]
+        response = flows.client.post("/flows", data=json.dumps(records))
+        if response.status_code == 429:
+            return accepted, response.get_json()
+        assert response.status_code == 200, response.get_data(as_text=True)
+        accepted.append(records)
+    raise AssertionError("never refused")
+
+
+def test_new_keys_past_the_memory_limit_are_refused_whole_and_increments_still_accepted(make_app):
+    app = make_app(FLOWAGG_MAX_MEMORY_BYTES="1MiB")
+    client, flows = app.test_client(), Flows(app.test_client())
+    store = app.extensions["flowagg"]
+    accepted, refusal = fill_until_refused(flows, batch=500)
+    store.flush(WAIT_TIMEOUT)
+    held = store.stats().memory_bytes
+    assert held <= MIB
+    assert held > MIB // 2  # refused near the limit, not at the fast path's bound
+    match = re.fullmatch(
+        r"the tables hold (\d+) bytes, requests accepted and not yet applied may add 0, and"
+        r" this request would add (\d+), past FLOWAGG_MAX_MEMORY_BYTES=1048576; flows for"
+        r" key-hours already held are still accepted",
+        refusal["error"],
+    )
+    assert match, refusal
+    assert int(match.group(1)) == held and int(match.group(1)) + int(match.group(2)) > MIB
+    rows = flows.get(3)
+    assert len(rows) == 500 * len(accepted)  # every accepted flow, nothing of the refused one
+    flows.post(accepted[0] + accepted[-1])  # key-hours already held: still accepted
+    flows.post([flow(src="s0-0", dest="d" * 40, hour=3)] * 2000)  # copies of one held key
+    store.flush(WAIT_TIMEOUT)
+    assert store.stats().memory_bytes == held  # increments allocate nothing
+    # One new key at a time fits into the room the arrays have left, until it does not.
+    singles = 0
+    while client.post("/flows", data=json.dumps([flow(src=f"one{singles}")])).status_code == 200:
+        singles += 1
+        assert singles < 5000
+    store.flush(WAIT_TIMEOUT)
+    assert held <= store.stats().memory_bytes <= MIB
+    totals = {r["src_app"]: r["bytes_tx"] for r in flows.get(3)}
+    assert totals["s0-0"] == 1 + 1 + 2000 and totals[accepted[-1][0]["src_app"]] == 2
+    assert len(flows.get(1)) == singles
+    samples = scrape(client)
+    assert value(samples, "flowagg_memory_bytes") == store.stats().memory_bytes
+    assert value(samples, "flowagg_memory_limit_bytes") == MIB
+    assert value(samples, "flowagg_requests_rejected_total", reason="memory_limit") == 2
+
+
+def test_concurrent_requests_never_pass_the_memory_limit_together():
+    """Writers post batches of new keys over several hours at once; the tables never hold more
+    than the limit, every admitted batch is applied whole, and refusals come near it."""
+    limit, writers, rounds = 2 * MIB, 6, 40
+    store = PartitionedStore(partitions=4, max_memory_bytes=limit)
+    start = threading.Barrier(writers, timeout=WAIT_TIMEOUT)
+    admitted: list[int] = []
+    refused: list[int] = []
+
+    def write(w: int) -> None:
+        start.wait()
+        for r in range(rounds):
+            batch = [Flow(f"w{w}-r{r}-k{k}", "d" * 30, "v", 1, 1, k % 7) for k in range(200)]
+            try:
+                store.ingest(batch, timeout=WAIT_TIMEOUT)
+                admitted.append(len(batch))
+            except MemoryLimit:
+                refused.append(len(batch))
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+    try:
+        for t in threads:
+            t.start()
+    finally:
+        for t in threads:
+            t.join(WAIT_TIMEOUT * 3)
+    store.flush(WAIT_TIMEOUT)
+    stats = store.stats()
+    assert stats.memory_bytes <= limit
+    assert stats.keys == sum(admitted)  # every admitted batch whole, nothing of a refused one
+    assert refused  # the limit was reached
+    assert stats.memory_bytes > limit * 0.8  # and not refused far below it
+    assert store.close(WAIT_TIMEOUT)
+
+
+def test_retention_gives_the_memory_of_dropped_hours_back(make_app):
+    clock = FakeClock(NOW)
+    app = make_app(clock=clock, FLOWAGG_RETENTION_HOURS=1, FLOWAGG_MAX_MEMORY_BYTES="64MiB")
+    store, flows = app.extensions["flowagg"], Flows(app.test_client())
+    flows.post([flow(src=f"k{k}", hour=NOW) for k in range(2000)])
+    store.flush(WAIT_TIMEOUT)
+    full = store.stats().memory_bytes
+    assert full > 2000 * 32
+    clock.advance(2)
+    flows.post([flow(hour=NOW + 2)])
+    store.flush(WAIT_TIMEOUT)
+    small = store.stats().memory_bytes
+    assert small < 1024  # one hour of one key: a few hundred bytes, the hours' index shrunk
+    clock.advance(2)
+    assert store.stats().memory_bytes == 0  # stats() applies retention first

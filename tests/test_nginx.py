@@ -11,6 +11,7 @@ tests/test_connections.py shows the same attacks stopping waitress alone.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import re
@@ -255,6 +256,17 @@ def test_requests_pass_through_over_tls(front):
     assert re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-ID"])  # nginx's own id
     for path, expected in [("/healthz", {"status": "ok"}), ("/readyz", {"status": "ready"})]:
         assert client.request("GET", path)[::2] == (200, expected)
+
+
+def test_a_gzip_body_passes_through_with_its_content_encoding(front):
+    client = front.endpoint()
+    body = gzip.compress(json.dumps([flow(hour=45, tx=7)] * 3).encode())
+    status, _, answer = client.request("POST", "/flows", body, {"Content-Encoding": "gzip"})
+    assert (status, answer) == (200, {"accepted": 3})
+    assert client.request("GET", "/flows?hour=45")[::2] == (200, [flow(hour=45, tx=21, rx=6)])
+    status, headers, answer = client.request("POST", "/flows", body, {"Content-Encoding": "br"})
+    assert (status, headers["Accept-Encoding"]) == (415, "gzip, identity")
+    assert answer == {"error": "Content-Encoding 'br' is not supported; send gzip or identity"}
 
 
 @pytest.mark.parametrize("expect", [(), ("Expect: 100-continue",)], ids=["plain", "expect"])

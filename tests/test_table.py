@@ -472,3 +472,55 @@ def test_hour_bounds_and_first_outside():
     assert first_outside(flows, 4, 9) == 1
     assert first_outside(flows, 0, 8) == 2
     assert first_outside(flows, -5, 2**62) == -1
+
+
+# -- memory: counted exactly, reserved for what is new, given back -----------------------------
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=st.lists(st.tuples(flows(max_size=80), st.booleans()), min_size=1, max_size=8))
+def test_cost_is_exactly_what_a_merge_allocates(batches):
+    tables, model = HourTables(), Model()
+    for batch, as_packs in batches:
+        records = list(pack(batch, 3).values()) if as_packs and batch else batch
+        before = tables.nbytes
+        new_keys, new_bytes = tables.cost(records)
+        assert tables.nbytes == before  # cost changes nothing
+        keys_before = tables.keys
+        assert tables.merge(records) == model.merge(batch)
+        assert new_keys == tables.keys - keys_before
+        assert tables.nbytes - before == new_bytes
+    same(tables, model)
+
+
+def test_copies_of_one_key_reserve_for_one():
+    name = "n" * 1024
+    tables = HourTables()
+    tables.merge([Flow(name, name + "d", name + "v", 1, 1, 1)])
+    one = tables.nbytes
+    assert tables.cost([Flow(name, name + "d", name + "v", 1, 1, 1)] * 20_000) == (0, 0)
+    tables.merge([Flow(name, name + "d", name + "v", 1, 1, 1)] * 20_000)
+    assert tables.nbytes == one
+    copies = [Flow("x" + name, name + "d", name + "v", 1, 1, 2)] * 20_000
+    assert tables.cost(list(pack(copies, 1).values()))[0] == 1
+    tables.merge(list(pack(copies, 1).values()))
+    assert tables.nbytes < 2 * one + 512  # the second hour: one key, one new name's bytes
+    assert tables.rows(2) == [("x" + name, name + "d", name + "v", 20_000, 20_000)]
+
+
+def test_a_small_hour_costs_what_it_holds():
+    tables = HourTables()
+    tables.merge([Flow("src-1", "dest-1", "vpc-0", 1, 2, h) for h in range(1000)])
+    per_hour = tables.nbytes / 1000
+    # The Hour, one entry, three names and their 17 bytes, and its place in the hours' index.
+    assert per_hour < 128 + 32 + 3 * 16 + 17 + 32
+    tables.drop_before(1000)
+    assert tables.nbytes == 0 and len(tables) == 0
+
+
+def test_packs_grow_from_what_they_hold_not_from_the_request_length():
+    long = Flow("a" * 1024, "b" * 1024, "c" * 1024, 1, 1, 1)
+    flows = [long] + [Flow("a", "b", "c", 1, 1, 1)] * 100_000
+    part = pack(flows, 1)[0]
+    assert part.name_bytes == 3 * 1024 + 3 * 100_000
+    assert part.nbytes < 100_001 * 48 + 2 * part.name_bytes

@@ -85,6 +85,23 @@ class KeyLimit(Exception):
         self.limit, self.held, self.new = limit, held, new
 
 
+class MemoryLimit(Exception):
+    """A request would take the tables past the store's memory limit; nothing was applied (429).
+
+    As for ``KeyLimit``: retrying does not help until hours expire; requests that only add to
+    key-hours already held are still accepted.
+    """
+
+    def __init__(self, limit: int, held: int, pending: int, new: int) -> None:
+        super().__init__(
+            f"the tables hold {held} bytes, requests accepted and not yet applied may add"
+            f" {pending}, and this request would add {new}, past"
+            f" FLOWAGG_MAX_MEMORY_BYTES={limit}; flows for key-hours already held are still"
+            " accepted"
+        )
+        self.limit, self.held, self.pending, self.new = limit, held, pending, new
+
+
 class QueryTooLarge(Exception):
     """A query would scan more key-hours than the store's limit; nothing was scanned (422)."""
 
@@ -177,6 +194,8 @@ class StoreStats:
     hours_dropped: int  # hours removed by retention since start
     log_bytes: int | None = None  # size of the current write-ahead log, if there is one
     keys_limit: int | None = None  # FLOWAGG_MAX_KEYS, if the store enforces it
+    memory_bytes: int | None = None  # bytes the tables allocate, if the store holds tables
+    memory_limit: int | None = None  # FLOWAGG_MAX_MEMORY_BYTES, if the store enforces it
 
     @property
     def keys(self) -> int:

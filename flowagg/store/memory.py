@@ -5,11 +5,11 @@ own ``Closed``; the store answers with the interface's ``Closed`` at its boundar
 need to know nothing below ``base``.
 
 An ingest runs ``check`` (the hours window and name lengths, limits.py), ``split`` (by
-partition), ``admit_keys`` (the key-hour budget), ``reserve`` (room in every buffer the batch
-touches, or none), ``put_reserved`` and ``queued_keys``. They are public so that the durable store
-can log a request between reserving and putting; ``cancel`` and ``cancel_keys`` give back what a
-request held. Retention follows the clock: ``expire`` drops the hours that left the window, and
-runs at every ingest and read.
+partition), ``admit`` (the key-hour and memory budgets), ``reserve`` (room in every buffer the
+batch touches, or none), ``put_reserved`` and ``admitted``. They are public so that the durable
+store can log a request between reserving and putting; ``cancel`` and ``cancel_admission`` give
+back what a request held. Retention follows the clock: ``expire`` drops the hours that left the
+window (and gives their memory back to the system), and runs at every ingest and read.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-from flowagg.schema import Flow
+from flowagg.schema import Flow, Slices
 from flowagg.store import query, table
 from flowagg.store.base import (
     Closed,
@@ -33,12 +33,26 @@ from flowagg.store.base import (
     StoreStats,
     Top,
 )
-from flowagg.store.limits import KeyBudget, Window, check_names
+from flowagg.store.limits import KeyBudget, MemoryBudget, MemoryTicket, Window, check_names
 from flowagg.store.partition import DrainObserver, Partition
 from flowagg.store.ringbuffer import Closed as BufferClosed
 from flowagg.store.ringbuffer import Full, deadline_after, put_all, remaining, reserve_all
 
 log = logging.getLogger("flowagg.store")
+
+# What a request was admitted with: key-hour estimates and a memory ticket (None: no limit).
+Admission = tuple[dict[int, int] | None, MemoryTicket | None]
+
+# glibc's malloc: arenas for all threads, and blocks from this size mapped on their own (so that
+# a request's or a merge's large arrays go back to the system once freed).
+MALLOC_ARENAS = 2
+MALLOC_MMAP_THRESHOLD = 256 * 1024
+
+
+def tune_allocator() -> bool:
+    """Keep the process's RSS close to what it holds (see table.tune_allocator); once, at
+    start-up, before the server's threads allocate."""
+    return table.tune_allocator(MALLOC_ARENAS, MALLOC_MMAP_THRESHOLD)
 
 
 class PartitionedStore:
@@ -56,6 +70,7 @@ class PartitionedStore:
         max_keys: int | None = None,
         max_name_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
+        max_memory_bytes: int | None = None,
     ) -> None:
         if partitions < 1:
             raise ValueError("partitions must be at least 1")
@@ -70,6 +85,15 @@ class PartitionedStore:
                 [lambda p=p: p.applied_seq for p in self.partitions],
             )
             if max_keys is not None
+            else None
+        )
+        self.memory = (
+            MemoryBudget(
+                max_memory_bytes,
+                self.bytes_held,
+                [lambda p=p: p.applied_seq for p in self.partitions],
+            )
+            if max_memory_bytes is not None
             else None
         )
         # Guards _cutoff and _hours_dropped (retention bookkeeping only).
@@ -102,10 +126,8 @@ class PartitionedStore:
 
         Keeps no idempotency keys: in memory, every request is applied (see durable/).
         """
-        flows = flows if isinstance(flows, list) else list(flows)
-        self.check(flows)
-        parts = self.split(flows)
-        estimates = self.admit_keys(parts, timeout)
+        parts, count = self.check_and_split(flows)
+        admission = self.admit(parts, timeout)
         try:
             if len(parts) == 1:  # the usual batch: one partition, one wait for room and put
                 [(index, part)] = parts.items()
@@ -116,48 +138,88 @@ class PartitionedStore:
                     self.reserve(parts, timeout)
                     seqs = self.put_reserved(parts)
         except BaseException:
-            self.cancel_keys(estimates)
+            self.cancel_admission(admission)
             raise
-        self.queued_keys(seqs, estimates)
+        self.admitted(seqs, admission)
         self.expire()
-        return len(flows)
+        return count
 
-    def check(self, flows: list[Flow]) -> None:
+    def check_and_split(self, flows: Sequence[Flow] | Slices) -> tuple[dict[int, table.Pack], int]:
+        """``check`` then ``split``, for a list of records or the ``Slices`` of a large body
+        (each slice checked and packed, and freed, before the next is decoded). Returns the
+        packs and the number of flows."""
+        if not isinstance(flows, Slices):
+            flows = flows if isinstance(flows, list) else list(flows)
+            self.check(flows)
+            return self.split(flows), len(flows)
+        parts: dict[int, table.Pack] = {}
+        count = 0
+        for start, chunk in flows.slices(table.array_slices):
+            self.check(chunk, start)
+            parts = table.pack(chunk, len(self.partitions), parts)
+            count += len(chunk)
+            del chunk
+        return parts, count
+
+    def check(self, flows: list[Flow], start: int = 0) -> None:
         """Raise ``InvalidRecord`` for the first record outside the hours window or with a name
-        over the length limit; nothing is held either way."""
-        self.window.check(flows)
-        check_names(flows, self.max_name_bytes)
+        over the length limit (numbered from ``start``); nothing is held either way."""
+        self.window.check(flows, start)
+        check_names(flows, self.max_name_bytes, start)
 
     def keys_held(self) -> int:
         """Key-hours in the tables, summed over partitions."""
         return sum(p.keys_held for p in self.partitions)
 
-    def admit_keys(
-        self, parts: dict[int, table.Pack], timeout: float | None
-    ) -> dict[int, int] | None:
-        """Admit a request's new key-hours under FLOWAGG_MAX_KEYS, or raise ``KeyLimit``.
+    def bytes_held(self) -> int:
+        """Bytes the tables allocate, summed over partitions."""
+        return sum(p.bytes_held for p in self.partitions)
 
-        Returns the estimates to hand to ``queued_keys`` once put (or ``cancel_keys``).
+    def admit(self, parts: dict[int, table.Pack], timeout: float | None) -> Admission:
+        """Admit a request's new key-hours under FLOWAGG_MAX_KEYS and what it adds to the
+        tables under FLOWAGG_MAX_MEMORY_BYTES, or raise ``KeyLimit`` or ``MemoryLimit``.
+
+        Returns what to hand to ``admitted`` once put (or to ``cancel_admission``).
         """
-        if self.keys is None:
-            return None
+        deadline = deadline_after(timeout)
+        keys = None
+        if self.keys is not None:
 
-        def count() -> dict[int, int]:
-            # Near the limit: exact, against tables that hold everything ingested before.
-            deadline = deadline_after(timeout)
-            for index in parts:
+            def count() -> dict[int, int]:
+                # Near the limit: exact, against tables that hold everything ingested before.
+                for index in parts:
+                    self.partitions[index].flush(remaining(deadline))
+                return {i: self.partitions[i].count_new(part) for i, part in parts.items()}
+
+            keys = self.keys.admit(parts, count)
+        if self.memory is None:
+            return keys, None
+
+        def cost(drain: Iterable[int]) -> dict[int, int]:
+            for index in sorted(drain):
                 self.partitions[index].flush(remaining(deadline))
-            return {index: self.partitions[index].count_new(part) for index, part in parts.items()}
+            return {i: self.partitions[i].cost(part) for i, part in parts.items()}
 
-        return self.keys.admit(parts, count)
+        try:
+            return keys, self.memory.admit(parts, cost)
+        except BaseException:
+            if keys is not None:
+                self.keys.cancel(keys)
+            raise
 
-    def queued_keys(self, seqs: dict[int, int], estimates: dict[int, int] | None) -> None:
-        if estimates is not None:
-            self.keys.queued(seqs, estimates)
+    def admitted(self, seqs: dict[int, int], admission: Admission) -> None:
+        keys, memory = admission
+        if keys is not None:
+            self.keys.queued(seqs, keys)
+        if memory is not None:
+            self.memory.queued(seqs, memory)
 
-    def cancel_keys(self, estimates: dict[int, int] | None) -> None:
-        if estimates is not None:
-            self.keys.cancel(estimates)
+    def cancel_admission(self, admission: Admission) -> None:
+        keys, memory = admission
+        if keys is not None:
+            self.keys.cancel(keys)
+        if memory is not None:
+            self.memory.cancel(memory)
 
     def _put_one(self, index: int, part: table.Pack, timeout: float | None) -> int:
         """Put a batch of one partition: what reserve and put_reserved do, under one lock.
@@ -218,6 +280,7 @@ class PartitionedStore:
             self._cutoff = oldest
         dropped = sum(p.expire_before(oldest) for p in self.partitions)
         if dropped:
+            table.trim()  # what the dropped hours held goes back to the system
             with self._window_lock:
                 self._hours_dropped += dropped
             log.info("retention: dropped %d hour(s) older than %d", dropped, oldest)
@@ -287,8 +350,13 @@ class PartitionedStore:
         self.expire()
         with self._window_lock:
             dropped = self._hours_dropped
-        limit = self.keys.limit if self.keys is not None else None
-        return StoreStats([p.stats() for p in self.partitions], dropped, keys_limit=limit)
+        return StoreStats(
+            [p.stats() for p in self.partitions],
+            dropped,
+            keys_limit=self.keys.limit if self.keys is not None else None,
+            memory_bytes=self.bytes_held(),
+            memory_limit=self.memory.limit if self.memory is not None else None,
+        )
 
     def health(self, high_watermark: float) -> list[str]:
         return partition_problems(self.stats().partitions, high_watermark)

@@ -56,6 +56,9 @@ class Partition:
         # Key-hours in _tables, kept beside them (written under the write lock) so that the
         # key budget can read it without the lock.
         self.keys_held = 0
+        # Bytes the tables allocate (their exact count, copied after every change under the
+        # write lock), so that the memory budget can read it without the lock.
+        self.bytes_held = self._tables.nbytes
         self._cutoff = 0  # hours below this are expired: dropped, and never created again
         # Sequence number of the last flow in _tables; written under the write lock, so a copy
         # of the tables made under the read lock knows exactly which flows it holds.
@@ -118,6 +121,7 @@ class Partition:
         with self.lock.write_lock():
             _applied, new_keys = self._tables.merge(batch, self._cutoff)
             self.keys_held += new_keys
+            self.bytes_held = self._tables.nbytes
             self._tables_seq = self._batch_seq
 
     def _publish(self, seq: int) -> None:
@@ -148,6 +152,11 @@ class Partition:
         """Distinct (hour, key) pairs of ``part`` the tables do not hold yet."""
         with self.lock.read_lock():
             return self._tables.count_new([part])
+
+    def cost(self, part: Pack) -> int:
+        """Bytes the tables would allocate to merge ``part`` now, exactly."""
+        with self.lock.read_lock():
+            return self._tables.cost([part])[1]
 
     def wait_applied(self, seq: int, timeout: float | None = None) -> None:
         """Block until every flow up to sequence number ``seq`` is in the table."""
@@ -210,6 +219,7 @@ class Partition:
             self._cutoff = cutoff
             hours, keys = self._tables.drop_before(cutoff)
             self.keys_held -= keys
+            self.bytes_held = self._tables.nbytes
             return hours
 
     def newest_hour(self) -> int:
@@ -243,11 +253,13 @@ class Partition:
         """Add already summed rows of ``hour`` (a snapshot) to the tables, bypassing the buffer."""
         with self.lock.write_lock():
             self.keys_held += self._tables.merge_rows(hour, rows)
+            self.bytes_held = self._tables.nbytes
 
     def apply(self, part: Pack) -> None:
         """Sum and merge ``part`` now, bypassing the buffer (replaying a log at start-up)."""
         with self.lock.write_lock():
             self.keys_held += self._tables.merge([part], self._cutoff)[1]
+            self.bytes_held = self._tables.nbytes
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@
     errors.py      JSON answers; the app-wide error handlers (store exceptions -> statuses)
     requestlog.py  request ids and the access log line (a WSGI middleware)
     guard.py       bearer tokens and roles, and no POSTs from other sites (a WSGI middleware)
+    bodies.py      large bodies decoded a few at a time
     openapi.py     the OpenAPI 3.1 document
     context.py     the current app's store and metrics
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from flowagg.web import errors, flows, guard, ops, page, queries, requestlog
+from flowagg.web import bodies, errors, flows, guard, ops, page, queries, requestlog
 from flowagg.web.context import get_access_log
 
 
@@ -32,6 +33,7 @@ def register(app: Flask) -> None:
     def on_refused(reason: str) -> None:
         rejected.labels(reason).inc()
 
+    app.extensions["flowagg.bodies"] = bodies.BodyGate(app.config["FLOWAGG_MAX_BODY_BYTES"])
     guarded = guard.Guard(
         app.wsgi_app,
         app.extensions.get("flowagg.tokens"),

@@ -18,6 +18,7 @@ from flowagg.store.base import (
     InvalidRecord,
     KeyLimit,
     KeyReused,
+    MemoryLimit,
     Overloaded,
     QueryTooLarge,
     ReadTimeout,
@@ -25,6 +26,7 @@ from flowagg.store.base import (
     Unreachable,
 )
 from flowagg.web.context import get_metrics
+from flowagg.web.encoding import CorruptBody, TooLarge, UnsupportedEncoding
 
 log = logging.getLogger("flowagg.api")
 
@@ -61,10 +63,37 @@ def on_invalid_body(exc: Exception) -> Response:
     return error(400, str(exc))
 
 
+@bp.app_errorhandler(CorruptBody)
+def on_corrupt_body(exc: CorruptBody) -> Response:
+    _reject("invalid")
+    return error(400, str(exc))
+
+
+@bp.app_errorhandler(TooLarge)
+def on_too_large_decompressed(exc: TooLarge) -> Response:
+    _reject("too_large")
+    return error(413, str(exc))
+
+
+@bp.app_errorhandler(UnsupportedEncoding)
+def on_unsupported_encoding(exc: UnsupportedEncoding) -> Response:
+    _reject("invalid")
+    response = error(415, str(exc))
+    response.headers["Accept-Encoding"] = "gzip, identity"  # RFC 7694
+    return response
+
+
 @bp.app_errorhandler(KeyLimit)
 def on_key_limit(exc: KeyLimit) -> Response:
     # 429 without Retry-After: retrying does not help until hours expire.
     _reject("key_limit")
+    return error(429, str(exc))
+
+
+@bp.app_errorhandler(MemoryLimit)
+def on_memory_limit(exc: MemoryLimit) -> Response:
+    # As KeyLimit: 429 without Retry-After.
+    _reject("memory_limit")
     return error(429, str(exc))
 
 

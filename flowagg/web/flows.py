@@ -9,13 +9,19 @@ from flask import Blueprint, Response, current_app, request
 
 from flowagg.schema import INT64_MAX, decode_flows
 from flowagg.store.base import MAX_KEY_LENGTH
+from flowagg.web.bodies import read_body
 from flowagg.web.context import get_metrics, get_store
+from flowagg.web.encoding import coding, gunzip_body
 from flowagg.web.errors import BadRequest, json_response
 from flowagg.web.formats import csv_response, negotiated, shown, wants_csv
 from flowagg.web.guard import TOKEN
 from flowagg.web.requestlog import note_accepted
 
 bp = Blueprint("flows", __name__)
+
+# On every 200 to POST /flows and on GET /healthz: seconds an Idempotency-Key is kept after its
+# request was applied; 0 when keys are not kept (in memory), where a retry may count twice.
+WINDOW_HEADER = "Flowagg-Idempotency-Window"
 
 _HOUR = re.compile(r"[0-9]+")
 _IDEMPOTENCY_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_KEY_LENGTH}}}")
@@ -28,7 +34,7 @@ def _ms(setting: str) -> float:
 @bp.post("/flows")
 def post_flows() -> Response:
     started = time.perf_counter()
-    # get_data() reads the raw body whatever the Content-Type (curl -d sends a form type) and
+    # read_body() reads the raw body whatever the Content-Type (curl -d sends a form type) and
     # raises 413 before reading when Content-Length exceeds MAX_CONTENT_LENGTH.
     environ = request.environ
     given = environ.get("HTTP_IDEMPOTENCY_KEY")  # repeated headers arrive joined by ", "
@@ -36,17 +42,27 @@ def post_flows() -> Response:
     token = environ.get(TOKEN)
     if key is not None and token is not None:  # one client's keys never meet another's
         key = f"{token}/{key}"
-    flows = decode_flows(request.get_data(cache=False))
     app = current_app._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
-    accepted = get_store(app).ingest(
-        flows, timeout=app.config["FLOWAGG_ENQUEUE_TIMEOUT_MS"] / 1000, idempotency_key=key
-    )
+    limit = app.config["FLOWAGG_MAX_BODY_BYTES"]
+    if coding(environ.get("HTTP_CONTENT_ENCODING")) is None:  # 415 before any byte is read
+        size, body = request.content_length, None  # read once it may be held
+    else:  # gzip: the decompressed size is bounded while decompressing
+        body = gunzip_body(request.stream, limit)
+        size = len(body)
+    with app.extensions["flowagg.bodies"].hold(size):  # large bodies, a few at a time
+        flows = decode_flows(read_body(request) if body is None else body)
+        del body  # a large body's slices let their bytes go as they are stored
+        accepted = get_store(app).ingest(
+            flows, timeout=app.config["FLOWAGG_ENQUEUE_TIMEOUT_MS"] / 1000, idempotency_key=key
+        )
     metrics = get_metrics(app)
     metrics.requests_accepted.inc()
     metrics.flows_accepted.inc(accepted)
     metrics.ingest_seconds.observe(time.perf_counter() - started)
     note_accepted(accepted, environ)
-    return json_response({"accepted": accepted})
+    response = json_response({"accepted": accepted})
+    response.headers[WINDOW_HEADER] = str(app.extensions["flowagg.idempotency_window"])
+    return response
 
 
 @bp.get("/flows")

@@ -11,6 +11,7 @@ from typing import Any
 from flowagg.schema import INT64_MAX
 from flowagg.store.base import MAX_KEY_LENGTH
 from flowagg.web import openapi_queries
+from flowagg.web.flows import WINDOW_HEADER
 
 _NAME = {"type": "string", "minLength": 1}
 _COUNT = {"type": "integer", "minimum": 0, "maximum": INT64_MAX}
@@ -98,10 +99,14 @@ def _document() -> dict[str, Any]:
                                 "type": "string",
                                 "pattern": f"^[!-~]{{1,{MAX_KEY_LENGTH}}}$",
                             },
-                        }
+                        },
                     ],
                     "requestBody": {
                         "required": True,
+                        "description": "The JSON array as is (no Content-Encoding, or"
+                        " identity) or compressed with Content-Encoding: gzip (or x-gzip),"
+                        " whose decompressed size FLOWAGG_MAX_BODY_BYTES bounds as it is"
+                        " decompressed; any other Content-Encoding is 415",
                         "content": {
                             "application/json": {
                                 "schema": {
@@ -119,23 +124,47 @@ def _document() -> dict[str, Any]:
                                 "properties": {"accepted": {"type": "integer", "minimum": 0}},
                             },
                             "Every record accepted",
+                            {
+                                WINDOW_HEADER: {
+                                    "description": "Seconds an Idempotency-Key is kept after"
+                                    " its request was applied; 0: keys are not kept (in"
+                                    " memory), so a retry may count twice",
+                                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                                }
+                            },
                         ),
                         "400": _error(
                             "Malformed JSON, an invalid record, an hour outside the window the"
-                            " server's clock allows, or a name over FLOWAGG_MAX_NAME_BYTES"
+                            " server's clock allows, a name over FLOWAGG_MAX_NAME_BYTES, or"
+                            " a body that is not the gzip stream its Content-Encoding says"
                         ),
                         "403": _error(
                             "The token's role lacks write, or the Origin header names another"
                             " site (not the service's own origin nor FLOWAGG_ALLOWED_ORIGINS)"
                         ),
-                        "413": _error("Body larger than FLOWAGG_MAX_BODY_BYTES"),
+                        "413": _error(
+                            "Body larger than FLOWAGG_MAX_BODY_BYTES, as sent or, with"
+                            " Content-Encoding gzip, once decompressed (decided while"
+                            " decompressing, after at most that many bytes)"
+                        ),
+                        "415": _json(
+                            {"$ref": "#/components/schemas/Error"},
+                            "A Content-Encoding other than gzip or identity",
+                            {"Accept-Encoding": {"schema": {"type": "string"}, "required": True}},
+                        ),
                         "422": _error("Idempotency-Key already used for other flows"),
                         "429": _error(
-                            "The request would add key-hours past FLOWAGG_MAX_KEYS; nothing"
-                            " applied (no Retry-After: retrying does not help until hours expire)"
+                            "The request would add key-hours past FLOWAGG_MAX_KEYS, or take the"
+                            " tables' memory past FLOWAGG_MAX_MEMORY_BYTES (the error names the"
+                            " limit, its value and what is held); nothing applied. No"
+                            " Retry-After: retrying does not help until hours expire, while"
+                            " POSTs that only add to key-hours already held are accepted"
                         ),
                         "503": _error(
-                            "Buffers full past the enqueue timeout; nothing applied", True
+                            "Buffers full past the enqueue timeout, or a body of 1 MiB or more"
+                            " waited 30 s for its turn among the large bodies being decoded;"
+                            " nothing applied",
+                            True,
                         ),
                     },
                 },
@@ -172,7 +201,20 @@ def _document() -> dict[str, Any]:
                 "get": {
                     "summary": "Liveness",
                     "operationId": "healthz",
-                    "responses": {"200": _json({"$ref": "#/components/schemas/Status"}, "Alive")},
+                    "responses": {
+                        "200": _json(
+                            {"$ref": "#/components/schemas/Status"},
+                            "Alive",
+                            {
+                                WINDOW_HEADER: {
+                                    "description": "As on POST /flows: seconds an"
+                                    " Idempotency-Key is kept, 0 for not kept",
+                                    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                                    "required": True,
+                                }
+                            },
+                        )
+                    },
                 }
             },
             "/readyz": {

@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from flowagg.web.context import get_metrics, get_store
 from flowagg.web.errors import json_response
+from flowagg.web.flows import WINDOW_HEADER
 from flowagg.web.openapi import openapi_document
 
 bp = Blueprint("ops", __name__)
@@ -14,8 +15,11 @@ bp = Blueprint("ops", __name__)
 
 @bp.get("/healthz")
 def healthz() -> Response:
-    """Liveness: the process serves requests."""
-    return json_response({"status": "ok"})
+    """Liveness: the process serves requests. Open to all (no token), so any client learns
+    from its header whether retries are deduplicated."""
+    response = json_response({"status": "ok"})
+    response.headers[WINDOW_HEADER] = str(current_app.extensions["flowagg.idempotency_window"])
+    return response
 
 
 @bp.get("/readyz")

@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flowagg.schema import Flow
+from flowagg.schema import Flow, Slices
 from flowagg.store.base import (
     Closed,
     HoursHeld,
@@ -81,6 +81,7 @@ class DurableStore:
         max_future_hours: int | None = None,
         max_keys: int | None = None,
         max_name_bytes: int | None = None,
+        max_memory_bytes: int | None = None,
     ) -> None:
         self.memory = PartitionedStore(
             partitions,
@@ -93,6 +94,7 @@ class DurableStore:
             max_keys=max_keys,
             max_name_bytes=max_name_bytes,
             clock=clock,
+            max_memory_bytes=max_memory_bytes,
         )
         self.directory = Path(directory)
         self.snapshot_bytes = snapshot_bytes
@@ -177,6 +179,8 @@ class DurableStore:
         (after making sure that request is durable); raise ``KeyReused`` if that request had
         other flows.
         """
+        if isinstance(flows, Slices):  # the log record needs every record: decoded at once
+            flows = list(flows)
         now = self._clock()
         payload, fingerprint = encode_record(flows, idempotency_key, now)
         if idempotency_key is not None:
@@ -194,11 +198,11 @@ class DurableStore:
         parts = self.memory.split(flows)
         # Room first, outside the gate: waiting for a drainer must not hold up other requests,
         # and a request that gets no room (or would pass the key limit) never reaches the log.
-        estimates = self.memory.admit_keys(parts, timeout)
+        admission = self.memory.admit(parts, timeout)
         try:
             self.memory.reserve(parts, timeout)
         except BaseException:
-            self.memory.cancel_keys(estimates)
+            self.memory.cancel_admission(admission)
             raise
         enqueued = False
         try:
@@ -224,9 +228,9 @@ class DurableStore:
         finally:
             if not enqueued:
                 self.memory.cancel(parts)
-                self.memory.cancel_keys(estimates)
+                self.memory.cancel_admission(admission)
         if enqueued:
-            self.memory.queued_keys(seqs, estimates)
+            self.memory.admitted(seqs, admission)
             self.memory.expire()
         self._commit(record)
         return answer
@@ -387,5 +391,6 @@ def open_durable_store(
         max_future_hours=config["FLOWAGG_MAX_FUTURE_HOURS"],
         max_keys=config["FLOWAGG_MAX_KEYS"],
         max_name_bytes=config["FLOWAGG_MAX_NAME_BYTES"],
+        max_memory_bytes=config["FLOWAGG_MAX_MEMORY_BYTES"],
         clock=clock,
     )

@@ -393,24 +393,26 @@ HourTables_scan(HourTables *self, PyObject *args)
         return PyLong_FromLong(0);
     }
     Filter filter = {{NULL, NULL, NULL}};
+    self->busy++; /* resolving the filters reads their strings: no merge meanwhile */
     int may_match = filter_resolve(h, filters, &filter);
+    self->busy--;
     if (may_match <= 0) {
         filter_free(&filter);
         return may_match < 0 ? NULL : PyLong_FromUnsignedLong(h->len);
     }
     int status;
+    self->busy++; /* a reader: merges refuse meanwhile */
+    g->busy = 1;
     if (h->len >= RELEASE_GIL_AT) {
-        self->busy++; /* a reader: merges refuse meanwhile */
-        g->busy = 1;
         Py_BEGIN_ALLOW_THREADS
         status = scan_hour(h, &filter, g);
         Py_END_ALLOW_THREADS
-        g->busy = 0;
-        self->busy--;
     }
     else {
         status = scan_hour(h, &filter, g);
     }
+    g->busy = 0;
+    self->busy--;
     filter_free(&filter);
     g->scanned += h->len;
     if (status == ADD_NO_MEMORY) {
@@ -479,14 +481,16 @@ Groups_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         return (PyObject *)g;
     }
     /* Fixed groups: add each key (a tuple of names) once, in the order given. */
-    PyObject *seq = PySequence_Fast(keys, "keys must be a sequence of tuples of names");
+    /* A tuple copy: reading may run Python code (a garbage collection), which could change a
+     * list being read. */
+    PyObject *seq = PySequence_Tuple(keys);
     if (seq == NULL) {
         Py_DECREF(g);
         return NULL;
     }
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(seq); i++) {
         KeyNames k;
-        if (read_key(g, PySequence_Fast_GET_ITEM(seq, i), &k) < 0) {
+        if (read_key(g, PyTuple_GET_ITEM(seq, i), &k) < 0) {
             Py_DECREF(seq);
             Py_DECREF(g);
             return NULL;
@@ -787,15 +791,15 @@ Groups_values(Groups *g, PyObject *keys)
     if (check_groups_idle(g) < 0) {
         return NULL;
     }
-    PyObject *seq = PySequence_Fast(keys, "keys must be a sequence");
+    PyObject *seq = PySequence_Tuple(keys); /* a copy, as in Groups_new */
     if (seq == NULL) {
         return NULL;
     }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
     PyObject *out = PyList_New(n);
     for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
         KeyNames k;
-        if (read_key(g, PySequence_Fast_GET_ITEM(seq, i), &k) < 0) {
+        if (read_key(g, PyTuple_GET_ITEM(seq, i), &k) < 0) {
             Py_CLEAR(out);
             break;
         }

@@ -28,21 +28,77 @@ hour_free(Hour *h)
     PyMem_RawFree(h);
 }
 
+Caps
+hour_caps(const Hour *h)
+{
+    return (Caps){
+        .cap = h->cap,
+        .slots = h->slots != NULL ? (uint64_t)h->mask + 1 : 0,
+        .names_cap = h->names_cap,
+        .name_slots = h->name_slots != NULL ? (uint64_t)h->name_mask + 1 : 0,
+        .arena_cap = h->arena_cap,
+        .high = h->high != NULL,
+    };
+}
+
+size_t
+caps_nbytes(const Caps *c)
+{
+    return sizeof(Hour) + c->cap * sizeof(Entry) + c->slots * sizeof(Slot)
+           + c->names_cap * sizeof(Name) + c->name_slots * sizeof(Slot) + c->arena_cap
+           + (c->high ? c->cap * 2 * sizeof(uint64_t) : 0);
+}
+
 size_t
 hour_nbytes(const Hour *h)
 {
-    size_t n = sizeof(Hour) + (size_t)h->cap * sizeof(Entry) + (size_t)h->names_cap * sizeof(Name)
-               + (size_t)h->arena_cap;
-    if (h->slots != NULL) {
-        n += ((size_t)h->mask + 1) * sizeof(Slot);
+    Caps c = hour_caps(h);
+    return caps_nbytes(&c);
+}
+
+/* Capacity for `need` items in an array of `cap`: exactly `need` the first time (an hour that
+ * stays small costs what it holds), then grown by half (double while small). */
+static uint64_t
+capacity_for(uint64_t cap, uint64_t need)
+{
+    if (need <= cap) {
+        return cap;
     }
-    if (h->name_slots != NULL) {
-        n += ((size_t)h->name_mask + 1) * sizeof(Slot);
+    return cap == 0 ? need : grown(cap, need);
+}
+
+/* Slots for `items` items held in an index of `size` slots (0: none): none while small, the
+ * same while at most 3/4 full, else the power of two slots_for gives. */
+static uint64_t
+index_for(uint64_t size, uint64_t items)
+{
+    if (items <= SMALL) {
+        return size;
     }
-    if (h->high != NULL) {
-        n += (size_t)h->cap * sizeof(h->high[0]);
+    return size != 0 && items <= size * 3 / 4 ? size : slots_for(items);
+}
+
+int
+hour_plan(const Hour *h, uint64_t keys, uint64_t names, uint64_t bytes, int need_high, Caps *out)
+{
+    uint64_t want = (uint64_t)h->len + keys, want_names = (uint64_t)h->nnames + names;
+    if (want > max_entries || want_names > max_entries || bytes > UINT64_MAX - h->arena_len) {
+        return STEP_FULL;
     }
-    return n;
+    Caps c = hour_caps(h);
+    c.cap = capacity_for(c.cap, want);
+    c.cap = c.cap > max_entries ? max_entries : c.cap;
+    c.slots = index_for(c.slots, want);
+    c.names_cap = capacity_for(c.names_cap, want_names);
+    c.names_cap = c.names_cap > max_entries ? max_entries : c.names_cap;
+    c.name_slots = index_for(c.name_slots, want_names);
+    c.arena_cap = capacity_for(c.arena_cap, h->arena_len + bytes);
+    if (c.arena_cap == 0 && want_names > 0) {
+        c.arena_cap = 1; /* names point into the arena, even empty ones: never at NULL */
+    }
+    c.high = c.high || (need_high && c.cap > 0);
+    *out = c;
+    return STEP_OK;
 }
 
 /* Rebuild a slot array of `size` slots for `count` items whose short hashes `hash_of` gives. */
@@ -62,80 +118,66 @@ slots_rebuild(uint64_t size, uint32_t count, const void *items, size_t stride, s
     return slots;
 }
 
-/* Make room for `keys` more entries, up to 3 * keys more names and `bytes` more arena bytes,
- * and the carry words if `need_high`. Changes capacities only: on failure (-1, nothing
- * raised; the caller raises MemoryError or OverflowError) the hour holds what it held. */
+/* Give the hour the capacities hour_plan chose (never smaller ones). Changes capacities only:
+ * on failure (-1: no memory, nothing raised) the hour holds what it held, and hour_nbytes
+ * says what it allocates then. */
 int
-hour_reserve(Hour *h, uint64_t keys, uint64_t bytes, int need_high)
+hour_reserve(Hour *h, const Caps *caps)
 {
-    uint64_t want = (uint64_t)h->len + keys;
-    if (want > MAX_ENTRIES || (uint64_t)h->nnames + 3 * keys > MAX_ENTRIES) {
-        return -1;
-    }
-    if (want > h->cap) {
-        uint64_t cap = grown(h->cap, want);
-        if (cap > MAX_ENTRIES) {
-            cap = MAX_ENTRIES;
-        }
-        Entry *entries = PyMem_RawRealloc(h->entries, cap * sizeof(Entry));
+    if (caps->cap > h->cap) {
+        Entry *entries = PyMem_RawRealloc(h->entries, caps->cap * sizeof(Entry));
         if (entries == NULL) {
             return -1;
         }
         h->entries = entries;
         if (h->high != NULL) {
-            uint64_t(*high)[2] = PyMem_RawRealloc(h->high, cap * sizeof(h->high[0]));
+            uint64_t(*high)[2] = PyMem_RawRealloc(h->high, caps->cap * sizeof(h->high[0]));
             if (high == NULL) {
                 return -1; /* entries grew, high did not: cap stays, which is consistent */
             }
-            memset(high + h->cap, 0, (cap - h->cap) * sizeof(high[0]));
+            memset(high + h->cap, 0, (caps->cap - h->cap) * sizeof(high[0]));
             h->high = high;
         }
-        h->cap = (uint32_t)cap;
+        h->cap = (uint32_t)caps->cap;
     }
-    if (h->slots == NULL || want > ((uint64_t)h->mask + 1) * 3 / 4) {
-        uint64_t size = slots_for(want);
-        Slot *slots = slots_rebuild(size, h->len, h->entries, sizeof(Entry),
+    if (caps->slots != 0 && (h->slots == NULL || caps->slots != (uint64_t)h->mask + 1)) {
+        Slot *slots = slots_rebuild(caps->slots, h->len, h->entries, sizeof(Entry),
                                     offsetof(Entry, hash));
         if (slots == NULL) {
             return -1;
         }
         PyMem_RawFree(h->slots);
         h->slots = slots;
-        h->mask = (uint32_t)(size - 1);
+        h->mask = (uint32_t)(caps->slots - 1);
     }
-    uint64_t want_names = (uint64_t)h->nnames + 3 * keys;
-    if (want_names > h->names_cap) {
-        uint64_t cap = grown(h->names_cap, want_names);
-        if (cap > MAX_ENTRIES) {
-            cap = MAX_ENTRIES;
-        }
-        Name *names = PyMem_RawRealloc(h->names, cap * sizeof(Name));
+    if (caps->names_cap > h->names_cap) {
+        Name *names = PyMem_RawRealloc(h->names, caps->names_cap * sizeof(Name));
         if (names == NULL) {
             return -1;
         }
         h->names = names;
-        h->names_cap = (uint32_t)cap;
+        h->names_cap = (uint32_t)caps->names_cap;
     }
-    if (h->name_slots == NULL || want_names > ((uint64_t)h->name_mask + 1) * 3 / 4) {
-        uint64_t size = slots_for(want_names);
-        Slot *slots = slots_rebuild(size, h->nnames, h->names, sizeof(Name), offsetof(Name, hash));
+    if (caps->name_slots != 0
+        && (h->name_slots == NULL || caps->name_slots != (uint64_t)h->name_mask + 1)) {
+        Slot *slots = slots_rebuild(caps->name_slots, h->nnames, h->names, sizeof(Name),
+                                    offsetof(Name, hash));
         if (slots == NULL) {
             return -1;
         }
         PyMem_RawFree(h->name_slots);
         h->name_slots = slots;
-        h->name_mask = (uint32_t)(size - 1);
+        h->name_mask = (uint32_t)(caps->name_slots - 1);
     }
-    if (h->arena_len + bytes > h->arena_cap) {
-        uint64_t cap = grown(h->arena_cap, h->arena_len + bytes);
-        char *arena = PyMem_RawRealloc(h->arena, cap);
+    if (caps->arena_cap > h->arena_cap) {
+        char *arena = PyMem_RawRealloc(h->arena, caps->arena_cap);
         if (arena == NULL) {
             return -1;
         }
         h->arena = arena;
-        h->arena_cap = cap;
+        h->arena_cap = caps->arena_cap;
     }
-    if (need_high && h->high == NULL && h->cap > 0) {
+    if (caps->high && h->high == NULL && h->cap > 0) {
         h->high = PyMem_RawCalloc(h->cap, sizeof(h->high[0]));
         if (h->high == NULL) {
             return -1;
@@ -148,7 +190,12 @@ hour_reserve(Hour *h, uint64_t keys, uint64_t bytes, int need_high)
 int64_t
 hour_find_name(const Hour *h, const char *bytes, uint32_t length, uint32_t hash)
 {
-    if (h->name_slots == NULL) {
+    if (h->name_slots == NULL) { /* a small hour: look at each name */
+        for (uint32_t n = 0; n < h->nnames; n++) {
+            if (h->names[n].hash == hash && name_equals(h, n, bytes, length)) {
+                return n;
+            }
+        }
         return -1;
     }
     for (uint32_t i = hash & h->name_mask;; i = (i + 1) & h->name_mask) {
@@ -176,9 +223,8 @@ needs_escape(const char *bytes, uint32_t length)
 
 /* The number of the name, added if new. Needs the room hour_reserve made. */
 static uint32_t
-hour_intern_name(Hour *h, const char *bytes, uint32_t length)
+hour_intern_name(Hour *h, const char *bytes, uint32_t length, uint32_t hash)
 {
-    uint32_t hash = short_hash(hash_bytes(bytes, length));
     int64_t found = hour_find_name(h, bytes, length, hash);
     if (found >= 0) {
         return (uint32_t)found;
@@ -188,17 +234,34 @@ hour_intern_name(Hour *h, const char *bytes, uint32_t length)
     n->offset = h->arena_len;
     n->length = length | (needs_escape(bytes, length) ? NAME_ESCAPE : 0);
     n->hash = hash;
-    memcpy(h->arena + h->arena_len, bytes, length);
+    if (length > 0) { /* an empty name has no bytes to copy (and maybe no arena yet) */
+        memcpy(h->arena + h->arena_len, bytes, length);
+    }
     h->arena_len += length;
-    slot_put(h->name_slots, h->name_mask, name, hash);
+    if (h->name_slots != NULL) {
+        slot_put(h->name_slots, h->name_mask, name, hash);
+    }
     return name;
 }
 
 /* The key's row + 1, or 0 if the hour does not hold it. */
+static inline int
+entry_is(const Hour *h, const Entry *e, const KeyRef *key)
+{
+    return name_equals(h, e->name[0], key->name[0], key->length[0])
+           && name_equals(h, e->name[1], key->name[1], key->length[1])
+           && name_equals(h, e->name[2], key->name[2], key->length[2]);
+}
+
 uint32_t
 hour_find(const Hour *h, const KeyRef *key, uint32_t hash)
 {
-    if (h->slots == NULL) {
+    if (h->slots == NULL) { /* a small hour: look at each entry */
+        for (uint32_t r = 0; r < h->len; r++) {
+            if (h->entries[r].hash == hash && entry_is(h, &h->entries[r], key)) {
+                return r + 1;
+            }
+        }
         return 0;
     }
     for (uint32_t i = hash & h->mask;; i = (i + 1) & h->mask) {
@@ -206,13 +269,7 @@ hour_find(const Hour *h, const KeyRef *key, uint32_t hash)
         if (s->index == SLOT_NONE) {
             return 0;
         }
-        if (s->hash != hash) {
-            continue;
-        }
-        const Entry *e = &h->entries[s->index - 1];
-        if (name_equals(h, e->name[0], key->name[0], key->length[0])
-            && name_equals(h, e->name[1], key->name[1], key->length[1])
-            && name_equals(h, e->name[2], key->name[2], key->length[2])) {
+        if (s->hash == hash && entry_is(h, &h->entries[s->index - 1], key)) {
             return s->index;
         }
     }
@@ -221,19 +278,21 @@ hour_find(const Hour *h, const KeyRef *key, uint32_t hash)
 /* Append a new key (known to be absent) with zero counters; returns its row. Needs the room
  * hour_reserve made. */
 uint32_t
-hour_insert(Hour *h, const KeyRef *key, uint32_t hash)
+hour_insert(Hour *h, const KeyRef *key, uint32_t hash, const uint32_t name_hash[3])
 {
     uint32_t row = h->len++;
     Entry *e = &h->entries[row];
     e->count[0] = e->count[1] = 0;
     for (int f = 0; f < 3; f++) {
-        e->name[f] = hour_intern_name(h, key->name[f], key->length[f]);
+        e->name[f] = hour_intern_name(h, key->name[f], key->length[f], name_hash[f]);
     }
     e->hash = hash;
     if (h->high != NULL) {
         h->high[row][0] = h->high[row][1] = 0;
     }
-    slot_put(h->slots, h->mask, row, hash);
+    if (h->slots != NULL) {
+        slot_put(h->slots, h->mask, row, hash);
+    }
     return row;
 }
 

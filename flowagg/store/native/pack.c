@@ -70,7 +70,7 @@ Pack_records(Pack *self, PyObject *Py_UNUSED(ignored))
         PyList_SET_ITEM(list, i, record);
         for (int f = 0; f < 3; f++) {
             /* The bytes came from a str's UTF-8, so they decode. */
-            PyObject *name = PyUnicode_DecodeUTF8(self->arena + item->offset[f],
+            PyObject *name = PyUnicode_DecodeUTF8(self->arena + item->offset[f], /* never NULL */
                                                   item->length[f], "surrogatepass");
             if (name == NULL) {
                 Py_DECREF(list);
@@ -106,9 +106,16 @@ static PySequenceMethods Pack_as_sequence = {
     .sq_length = (lenfunc)Pack_length,
 };
 
+static PyObject *
+Pack_get_name_bytes(Pack *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSize_t(self->arena_len);
+}
+
 static PyGetSetDef Pack_getset[] = {
     {"nbytes", (getter)Pack_get_nbytes, NULL, "Bytes of memory the pack holds.", NULL},
-    {NULL},
+    {"name_bytes", (getter)Pack_get_name_bytes, NULL, "Bytes of its flows' names, summed.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 PyDoc_STRVAR(Pack_doc,
@@ -167,8 +174,9 @@ parts_free(Parts *ps)
     PyMem_RawFree(ps->slots);
 }
 
-/* The number of the part of partition `index`, added if new; -1 without memory. */
-static int64_t
+/* The number of the part of partition `index`, added if new; -1 without memory. Inlined: it
+ * runs for every flow. */
+static inline __attribute__((always_inline)) int64_t
 part_of(Parts *ps, uint64_t index)
 {
     if (ps->last < ps->n && ps->parts[ps->last].index == index) {
@@ -238,16 +246,17 @@ part_append(Part *part, const Item *item, Py_ssize_t hint)
         part->cap = (Py_ssize_t)cap;
     }
     size_t bytes = (size_t)item->key.length[0] + item->key.length[1] + item->key.length[2];
-    if (pack->arena_len + bytes > part->arena_cap) {
+    if (pack->arena == NULL || pack->arena_len + bytes > part->arena_cap) {
         size_t need = pack->arena_len + bytes;
         if (need > UINT32_MAX) {
             return -2;
         }
-        /* First sized as if the part's flows had names as long as this one's, then by half. */
-        size_t cap = part->arena_cap > 0 ? part->arena_cap + part->arena_cap / 2
-                                         : bytes * (size_t)(hint > 0 ? hint : 1);
+        /* Doubled from what the part holds (first: room for 256 flows like this one), never
+         * sized from the request's length: one long name followed by many short ones must
+         * not reserve long names for all. */
+        size_t cap = part->arena_cap > 0 ? 2 * part->arena_cap : 256 * bytes;
         cap = cap < need ? need : cap;
-        cap = cap < 256 ? 256 : cap;
+        cap = cap < 1024 ? 1024 : cap;
         cap = cap > UINT32_MAX ? need : cap;
         char *arena = PyMem_RawRealloc(pack->arena, cap);
         if (arena == NULL) {
@@ -263,37 +272,90 @@ part_append(Part *part, const Item *item, Py_ssize_t hint)
     for (int f = 0; f < 3; f++) {
         out->offset[f] = (uint32_t)pack->arena_len;
         out->length[f] = item->key.length[f];
-        memcpy(pack->arena + pack->arena_len, item->key.name[f], item->key.length[f]);
+        if (item->key.length[f] > 0) {
+            memcpy(pack->arena + pack->arena_len, item->key.name[f], item->key.length[f]);
+        }
         pack->arena_len += item->key.length[f];
     }
     return 0;
 }
 
+/* Take the packs of `into` (an earlier pack() of the same request) as parts to extend. Each
+ * must be a Pack of partition index % n that nobody else holds: extending a pack another
+ * thread may read (a ring buffer, a drainer) would race it. -1 with an exception set. */
+static int
+parts_adopt(Parts *ps, PyObject *into, unsigned long long n)
+{
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+    while (PyDict_Next(into, &pos, &key, &value)) {
+        uint64_t index;
+        if (as_u64(key, "a partition index", &index) < 0) {
+            return -1;
+        }
+        if (!Pack_Check(value) || index >= n) {
+            PyErr_SetString(PyExc_TypeError, "into must map partition indexes to Packs");
+            return -1;
+        }
+        if (Py_REFCNT(value) != 1) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "a Pack of `into` is held elsewhere: only a pack nobody else holds"
+                            " may be extended");
+            return -1;
+        }
+        int64_t p = part_of(ps, index);
+        if (p < 0) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        Part *part = &ps->parts[p];
+        if (part->pack != NULL) {
+            PyErr_SetString(PyExc_ValueError, "into holds a partition twice");
+            return -1;
+        }
+        Pack *pack = (Pack *)value;
+        part->pack = (Pack *)Py_NewRef(value);
+        part->cap = pack->n; /* packs are trimmed: exactly full */
+        part->arena_cap = pack->arena != NULL ? pack->arena_len : 0;
+    }
+    return 0;
+}
+
 PyDoc_STRVAR(pack_doc,
-"pack(flows, n) -> dict\n\n"
+"pack(flows, n, into=None) -> dict\n\n"
 "Split a list of flow records by partition (hour % n) and copy each part into a Pack:\n"
 "{index: Pack}, in ascending index order, each Pack's flows in request order. Raises like\n"
-"HourTables.merge for a field of the wrong type; nothing is kept then.");
+"HourTables.merge for a field of the wrong type; nothing is kept then. With `into`, the dict\n"
+"an earlier pack() of the same request returned (a large body packed a slice at a time), its\n"
+"packs are extended and returned with the new ones; they must be held by nobody else, and\n"
+"are spoilt if it raises.");
 
 static PyObject *
 table_pack(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    PyObject *flows;
+    PyObject *flows, *into = Py_None;
     unsigned long long n;
-    if (!PyArg_ParseTuple(args, "O!K:pack", &PyList_Type, &flows, &n)) {
+    if (!PyArg_ParseTuple(args, "O!K|O:pack", &PyList_Type, &flows, &n, &into)) {
         return NULL;
     }
     if (n < 1) {
         PyErr_SetString(PyExc_ValueError, "n must be at least 1");
         return NULL;
     }
+    if (into != Py_None && !PyDict_CheckExact(into)) {
+        PyErr_SetString(PyExc_TypeError, "into must be None or a dict that pack() returned");
+        return NULL;
+    }
     Py_ssize_t count = PyList_GET_SIZE(flows);
     PyObject *result = PyDict_New();
-    if (result == NULL || count == 0) {
-        return result;
+    if (result == NULL) {
+        return NULL;
     }
     Parts ps = {0};
     Layout layout = {0};
+    if (into != Py_None && parts_adopt(&ps, into, n) < 0) {
+        goto error;
+    }
     /* One pass, in request order: read each flow (its names borrowed from the record, which
      * the list keeps alive; only an unusual record type read by getattr holds references, for
      * the time of its copy) and append it to its partition's pack. */
@@ -341,7 +403,9 @@ table_pack(PyObject *Py_UNUSED(module), PyObject *args)
         }
     }
     /* The map is stale once sorted: not used after this point. */
-    qsort(ps.parts, ps.n, sizeof(Part), part_order);
+    if (ps.n > 1) { /* no parts (no flows): no array to sort */
+        qsort(ps.parts, ps.n, sizeof(Part), part_order);
+    }
     for (uint32_t p = 0; p < ps.n; p++) {
         Pack *pack = ps.parts[p].pack;
         /* Give back the room never used: a pack may wait in a ring buffer for a while. */

@@ -20,18 +20,27 @@ static void
 layout_of(PyTypeObject *type, Layout *out)
 {
     for (int i = 0; i < LAYOUTS; i++) {
-        if (layouts[i].type == type) {
+        if (layouts[i].type == type && layouts[i].version == type->tp_version_tag
+            && (type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
             *out = layouts[i];
             return;
         }
     }
-    Layout found = {.type = type, .all_slots = 1};
+    Layout found = {.type = type, .version = type->tp_version_tag, .all_slots = 1};
     for (int f = 0; f < N_FIELDS; f++) {
         found.offset[f] = -1;
+        /* _PyType_Lookup (private) finds the attribute on the type and its bases without
+         * running any Python code, which getattr on the type could (a metaclass); member
+         * descriptors are read for the same reason: no public API gives a slot's offset. */
         PyObject *descr = _PyType_Lookup(type, field_names[f]); /* borrowed */
         if (descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
             PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
-            if (member->type == T_OBJECT_EX && !(member->flags & READ_RESTRICTED)) {
+            PyTypeObject *owner = ((PyDescrObject *)descr)->d_type;
+            /* A descriptor taken from another class and set on this one describes that
+             * class's instances: its offset means nothing here (getattr refuses it). */
+            if (member->type == T_OBJECT_EX && !(member->flags & READ_RESTRICTED)
+                && owner != NULL && PyType_IsSubtype(type, owner) && member->offset >= 0
+                && (size_t)member->offset + sizeof(PyObject *) <= (size_t)owner->tp_basicsize) {
                 found.offset[f] = member->offset;
             }
         }
@@ -50,8 +59,10 @@ layout_of(PyTypeObject *type, Layout *out)
 static inline Layout *
 layout_for(PyObject *flow, Layout *current)
 {
-    if (current->type != Py_TYPE(flow)) {
-        layout_of(Py_TYPE(flow), current);
+    PyTypeObject *type = Py_TYPE(flow);
+    if (current->type != type || current->version != type->tp_version_tag
+        || !(type->tp_flags & Py_TPFLAGS_VALID_VERSION_TAG)) {
+        layout_of(type, current);
     }
     return current;
 }
@@ -72,7 +83,10 @@ read_field(PyObject *obj, const Layout *layout, int f)
     return Py_NewRef(value);
 }
 
-/* The value of an int of at most two digits that is not negative: 1, else 0. */
+/* The value of an int of at most two digits that is not negative: 1, else 0. Reads the int's
+ * digits (3.11: the struct itself; 3.12 on: the PyUnstable_ accessors) because this runs for
+ * every counter of every flow, where PyLong_AsUnsignedLongLong's checks and error handling cost
+ * about as much as the rest of reading the field. */
 static inline int
 small_u64(PyObject *value, uint64_t *out)
 {
@@ -169,11 +183,17 @@ long_from_u128(u128 value)
     if (high == 0) {
         return PyLong_FromUnsignedLongLong((uint64_t)value);
     }
-    unsigned char bytes[16];
-    for (int i = 0; i < 16; i++) {
-        bytes[i] = (unsigned char)(value >> (8 * i));
-    }
-    return _PyLong_FromByteArray(bytes, 16, 1, 0);
+    /* (high << 64) | low with the stable API: only sums past 2**64 come here, rarely. */
+    PyObject *upper = PyLong_FromUnsignedLongLong(high);
+    PyObject *shift = upper != NULL ? PyLong_FromLong(64) : NULL;
+    PyObject *shifted = shift != NULL ? PyNumber_Lshift(upper, shift) : NULL;
+    PyObject *lower = shifted != NULL ? PyLong_FromUnsignedLongLong((uint64_t)value) : NULL;
+    PyObject *result = lower != NULL ? PyNumber_Or(shifted, lower) : NULL;
+    Py_XDECREF(upper);
+    Py_XDECREF(shift);
+    Py_XDECREF(shifted);
+    Py_XDECREF(lower);
+    return result;
 }
 
 void
@@ -197,6 +217,9 @@ view_name(Item *item, int f, PyObject *value)
     }
     Py_ssize_t length;
     const char *bytes;
+    /* PyUnicode_IS_COMPACT_ASCII and the data after the header are CPython's (not the stable
+     * ABI): for the ASCII names nearly all flows have, the characters are the UTF-8, read
+     * without the call and the cache lookup PyUnicode_AsUTF8AndSize makes per name. */
     if (PyUnicode_IS_COMPACT_ASCII(value)) { /* its characters are its UTF-8 */
         bytes = (const char *)(((PyASCIIObject *)value) + 1);
         length = PyUnicode_GET_LENGTH(value);
@@ -313,17 +336,26 @@ read_row(PyObject *row, uint64_t hour, Item *item)
 
 /* -- batch helpers ---------------------------------------------------------------------------- */
 
-/* The hour of a flow record. */
+/* The hour of flow record `i` of the list `flows`, which held `count` records when the caller
+ * began. Reading a field by getattr runs Python code, which could change the list: the record
+ * is held meanwhile, and a list that changed size is a RuntimeError. */
 static int
-flow_hour(PyObject *flow, Layout *layout, uint64_t *hour)
+flow_hour(PyObject *flows, Py_ssize_t i, Py_ssize_t count, Layout *layout, uint64_t *hour)
 {
-    PyObject *value = read_field(flow, layout_for(flow, layout), F_HOUR);
-    if (value == NULL) {
+    if (PyList_GET_SIZE(flows) != count) {
+        PyErr_SetString(PyExc_RuntimeError, "flows changed size while being read");
         return -1;
     }
-    int failed = as_u64(value, FIELD_NAMES[F_HOUR], hour);
-    Py_DECREF(value);
-    return failed;
+    PyObject *flow = Py_NewRef(PyList_GET_ITEM(flows, i));
+    PyObject *value = read_field(flow, layout_for(flow, layout), F_HOUR);
+    int failed = value == NULL || as_u64(value, FIELD_NAMES[F_HOUR], hour) < 0;
+    Py_XDECREF(value);
+    Py_DECREF(flow);
+    if (!failed && PyList_GET_SIZE(flows) != count) {
+        PyErr_SetString(PyExc_RuntimeError, "flows changed size while being read");
+        return -1;
+    }
+    return failed ? -1 : 0;
 }
 
 /* Add `flow` to the list of `parts` under partition `index`, creating the list if new. */
@@ -360,18 +392,35 @@ PyDoc_STRVAR(split_doc,
 "Group a list of flow records by partition (hour % n): {index: [flows in request order]},\n"
 "in ascending index order. A batch that falls into one partition maps to the list itself.");
 
+static PyObject *split_list(PyObject *flows, Py_ssize_t n, PyObject *given);
+
 static PyObject *
 table_split(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    PyObject *flows;
+    PyObject *given;
     Py_ssize_t n;
-    if (!PyArg_ParseTuple(args, "O!n:split", &PyList_Type, &flows, &n)) {
+    if (!PyArg_ParseTuple(args, "O!n:split", &PyList_Type, &given, &n)) {
         return NULL;
     }
     if (n < 1) {
         PyErr_SetString(PyExc_ValueError, "n must be at least 1");
         return NULL;
     }
+    /* Python code may run below (getattr, a garbage collection's finalisers) and change the
+     * list: the records are read from a copy of it. */
+    PyObject *copy = PyList_GetSlice(given, 0, PyList_GET_SIZE(given));
+    if (copy == NULL) {
+        return NULL;
+    }
+    PyObject *result = split_list(copy, n, given);
+    Py_DECREF(copy);
+    return result;
+}
+
+/* split() of `flows`, a copy of the list `given`, which is the answer for one partition. */
+static PyObject *
+split_list(PyObject *flows, Py_ssize_t n, PyObject *given)
+{
     Py_ssize_t count = PyList_GET_SIZE(flows);
     PyObject *parts = PyDict_New();
     if (parts == NULL || count == 0) {
@@ -388,7 +437,7 @@ table_split(PyObject *Py_UNUSED(module), PyObject *args)
     int one = 1;
     for (Py_ssize_t i = 0; i < count; i++) {
         uint64_t hour;
-        if (flow_hour(PyList_GET_ITEM(flows, i), &layout, &hour) < 0) {
+        if (flow_hour(flows, i, count, &layout, &hour) < 0) {
             goto error;
         }
         index[i] = (Py_ssize_t)(hour % (uint64_t)n);
@@ -396,7 +445,7 @@ table_split(PyObject *Py_UNUSED(module), PyObject *args)
     }
     if (one) {
         PyObject *key = PyLong_FromSsize_t(index[0]);
-        int failed = key == NULL || PyDict_SetItem(parts, key, flows) < 0;
+        int failed = key == NULL || PyDict_SetItem(parts, key, given) < 0;
         Py_XDECREF(key);
         if (failed) {
             goto error;
@@ -481,7 +530,7 @@ table_hour_bounds(PyObject *Py_UNUSED(module), PyObject *flows)
     Layout layout = {0};
     for (Py_ssize_t i = 0; i < count; i++) {
         uint64_t hour;
-        if (flow_hour(PyList_GET_ITEM(flows, i), &layout, &hour) < 0) {
+        if (flow_hour(flows, i, count, &layout, &hour) < 0) {
             return NULL;
         }
         low = hour < low ? hour : low;
@@ -506,7 +555,7 @@ table_first_outside(PyObject *Py_UNUSED(module), PyObject *args)
     Layout layout = {0};
     for (Py_ssize_t i = 0; i < count; i++) {
         uint64_t hour;
-        if (flow_hour(PyList_GET_ITEM(flows, i), &layout, &hour) < 0) {
+        if (flow_hour(flows, i, count, &layout, &hour) < 0) {
             return NULL;
         }
         if ((low > 0 && hour < (uint64_t)low) || high < 0 || hour > (uint64_t)high) {
@@ -531,14 +580,22 @@ table_first_long_name(PyObject *Py_UNUSED(module), PyObject *args)
     Py_ssize_t count = PyList_GET_SIZE(flows);
     Layout layout = {0};
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *flow = PyList_GET_ITEM(flows, i);
-        const Layout *l = layout_for(flow, &layout);
-        for (int f = F_SRC; f <= F_VPC; f++) {
-            PyObject *name = read_field(flow, l, f);
-            if (name == NULL) {
-                return NULL;
-            }
+        if (PyList_GET_SIZE(flows) != count) { /* getattr ran Python code that changed it */
+            PyErr_SetString(PyExc_RuntimeError, "flows changed size while being read");
+            return NULL;
+        }
+        /* Held while read: getattr runs Python code, which could drop it from the list. */
+        PyObject *flow = Py_NewRef(PyList_GET_ITEM(flows, i));
+        Layout l = *layout_for(flow, &layout); /* a copy: getattr may replace the cache */
+        PyObject *found = NULL;
+        int failed = 0;
+        for (int f = F_SRC; f <= F_VPC && !failed && found == NULL; f++) {
+            PyObject *name = read_field(flow, &l, f);
             Py_ssize_t length = -1;
+            if (name == NULL) {
+                failed = 1;
+                break;
+            }
             if (!PyUnicode_Check(name)) {
                 PyErr_Format(PyExc_TypeError, "%s must be a str", FIELD_NAMES[f]);
             }
@@ -550,11 +607,16 @@ table_first_long_name(PyObject *Py_UNUSED(module), PyObject *args)
             }
             Py_DECREF(name);
             if (length < 0) {
-                return NULL;
+                failed = 1;
             }
-            if (length > limit) {
-                return Py_BuildValue("ns", i, FIELD_NAMES[f]);
+            else if (length > limit) {
+                found = Py_BuildValue("ns", i, FIELD_NAMES[f]);
+                failed = found == NULL;
             }
+        }
+        Py_DECREF(flow);
+        if (failed || found != NULL) {
+            return found;
         }
     }
     Py_RETURN_NONE;
@@ -581,3 +643,153 @@ records_init(void)
     }
     return 0;
 }
+
+/* -- slicing a large JSON array ------------------------------------------------------------- */
+
+PyDoc_STRVAR(array_slices_doc,
+"array_slices(body, max_bytes, max_items) -> list of (start, end, items) or None\n\n"
+"Where a JSON array can be cut between its elements into slices of at most `max_items`\n"
+"elements, each at most `max_bytes` long unless one element alone is longer: for each slice,\n"
+"the offsets of its first element's first byte and of the byte after its last element, and\n"
+"how many elements it holds. Strings (with their escapes) and nesting are followed, nothing\n"
+"else is checked: each slice is decoded and validated on its own afterwards. None if the body\n"
+"is not an array as far as this can tell (the caller then decodes it whole, which words the\n"
+"error). Releases the GIL while it scans.");
+
+typedef struct {
+    Py_ssize_t start, end, items;
+} ArraySlice;
+
+/* Scan `p[0:n]`; a STEP_ status, or 1 if it is not an array. */
+static int
+scan_array(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_bytes, Py_ssize_t max_items,
+           ArraySlice **out, Py_ssize_t *count)
+{
+    Py_ssize_t i = 0, cap = 0;
+    *out = NULL;
+    *count = 0;
+    while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == '\n' || p[i] == '\r')) {
+        i++;
+    }
+    if (i == n || p[i] != '[') {
+        return 1;
+    }
+    i++;
+    int depth = 1, in_string = 0, any = 0;
+    ArraySlice current = {.start = -1};
+    Py_ssize_t element = -1; /* start of the element being read, -1 between elements */
+    for (; i < n && depth > 0; i++) {
+        unsigned char c = p[i];
+        if (in_string) {
+            if (c == '\\') {
+                i++;
+            }
+            else if (c == '"') {
+                in_string = 0;
+            }
+            continue;
+        }
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r') {
+            continue;
+        }
+        if (depth == 1 && (c == ',' || c == ']')) {
+            if (element >= 0) {
+                current.items++;
+                current.end = i; /* trailing spaces are harmless inside a slice */
+                element = -1;
+                any = 1;
+                if (current.items >= max_items || current.end - current.start >= max_bytes
+                    || c == ']') {
+                    if (*count == cap) {
+                        Py_ssize_t more = cap < 16 ? 16 : cap * 2;
+                        ArraySlice *grown_out = PyMem_RawRealloc(*out, more * sizeof(ArraySlice));
+                        if (grown_out == NULL) {
+                            return STEP_NO_MEMORY;
+                        }
+                        *out = grown_out;
+                        cap = more;
+                    }
+                    (*out)[(*count)++] = current;
+                    current = (ArraySlice){.start = -1};
+                }
+            }
+            else if (c == ',' || any) { /* ",," or "[,", or "1,]": not an array we can cut */
+                return 1;
+            }
+            if (c == ']') {
+                depth = 0;
+            }
+            continue;
+        }
+        if (element < 0) {
+            element = i;
+            if (current.start < 0) {
+                current.start = i;
+            }
+        }
+        if (c == '"') {
+            in_string = 1;
+        }
+        else if (c == '[' || c == '{') {
+            depth++;
+        }
+        else if (c == ']' || c == '}') {
+            depth--;
+        }
+    }
+    if (depth != 0 || current.start >= 0) {
+        return 1;
+    }
+    for (; i < n; i++) {
+        if (p[i] != ' ' && p[i] != '\t' && p[i] != '\n' && p[i] != '\r') {
+            return 1;
+        }
+    }
+    return STEP_OK;
+}
+
+static PyObject *
+table_array_slices(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    Py_buffer body;
+    Py_ssize_t max_bytes, max_items;
+    if (!PyArg_ParseTuple(args, "y*nn:array_slices", &body, &max_bytes, &max_items)) {
+        return NULL;
+    }
+    if (max_bytes < 1 || max_items < 1) {
+        PyBuffer_Release(&body);
+        PyErr_SetString(PyExc_ValueError, "max_bytes and max_items must be at least 1");
+        return NULL;
+    }
+    ArraySlice *slices;
+    Py_ssize_t count;
+    int status;
+    Py_BEGIN_ALLOW_THREADS
+    status = scan_array(body.buf, body.len, max_bytes, max_items, &slices, &count);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&body);
+    if (status == 1) {
+        PyMem_RawFree(slices);
+        Py_RETURN_NONE;
+    }
+    if (status != STEP_OK) {
+        PyMem_RawFree(slices);
+        return PyErr_NoMemory();
+    }
+    PyObject *list = PyList_New(count);
+    for (Py_ssize_t s = 0; list != NULL && s < count; s++) {
+        PyObject *item = Py_BuildValue("nnn", slices[s].start, slices[s].end, slices[s].items);
+        if (item == NULL) {
+            Py_CLEAR(list);
+            break;
+        }
+        PyList_SET_ITEM(list, s, item);
+    }
+    PyMem_RawFree(slices);
+    return list;
+}
+
+PyMethodDef slicing_functions[] = {
+    {"array_slices", table_array_slices, METH_VARARGS, array_slices_doc},
+    {NULL, NULL, 0, NULL},
+};

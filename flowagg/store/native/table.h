@@ -18,7 +18,13 @@ typedef unsigned __int128 u128;
 #define NAME_ESCAPE 0x80000000u /* Name.length flag: JSON must escape some byte of the name */
 #define MAX_NAME_LENGTH 0x7fffffffu
 #define MAX_ENTRIES 0x7fffffffu /* per hour; slots stay addressable by 32-bit numbers */
+extern uint32_t max_entries;    /* MAX_ENTRIES, lowered only by tests (_set_max_entries) */
 #define RELEASE_GIL_AT 512      /* flows or rows from which a call gives up the GIL */
+#define SMALL 8                 /* up to this many entries (names) an hour has no slots for
+                                   them: a lookup compares the short hashes of all of them */
+
+/* What a step that may run without the GIL returns: 0, or why it failed (nothing changed). */
+enum { STEP_OK = 0, STEP_NO_MEMORY = -1, STEP_OVERFLOW = -2, STEP_FULL = -3 };
 
 /* -- hashing ---------------------------------------------------------------------------------- */
 
@@ -128,21 +134,21 @@ typedef struct {
     uint32_t hash;  /* its short_hash, so that most probes need not look further */
 } Slot;
 
+/* Fields ordered so that no padding is left: 112 bytes. */
 typedef struct {
     uint64_t hour;
-    Entry *entries; /* len used of cap, in order of first appearance */
-    uint32_t len, cap;
-    Slot *slots; /* mask + 1 slots (a power of two, or 0 with slots NULL), at most 3/4 used */
-    uint32_t mask;
-    Name *names; /* nnames used of names_cap */
-    uint32_t nnames, names_cap;
-    Slot *name_slots;
-    uint32_t name_mask;
-    char *arena; /* the names' bytes, arena_len used of arena_cap */
-    uint64_t arena_len, arena_cap;
+    Entry *entries;   /* len used of cap, in order of first appearance */
+    Slot *slots;      /* mask + 1 slots (a power of 2), at most 3/4 used; NULL while len <= SMALL */
+    Name *names;      /* nnames used of names_cap */
+    Slot *name_slots; /* as slots, over names; NULL while nnames <= SMALL */
+    char *arena;      /* the names' bytes, arena_len used of arena_cap */
     uint64_t (*high)[2]; /* NULL, or cap pairs: the bits above 64 of each counter */
-    u128 max_count;      /* the largest counter of the hour, for the overflow check */
+    uint32_t len, cap, mask;
+    uint32_t nnames, names_cap, name_mask;
+    uint64_t arena_len, arena_cap;
+    u128 max_count; /* the largest counter of the hour, for the overflow check */
 } Hour;
+_Static_assert(sizeof(Hour) == 112, "an Hour without padding");
 
 static inline const char *
 name_bytes(const Hour *h, uint32_t name)
@@ -282,15 +288,30 @@ hour_prefetch_entry(const Hour *h, uint32_t hash)
     }
 }
 
+/* The capacities of an hour's arrays: what it holds, or what hour_plan says it will. */
+typedef struct {
+    uint64_t cap, slots, names_cap, name_slots, arena_cap; /* slots: 0 for none */
+    int high;                                              /* the carry words exist */
+} Caps;
+
 Hour *hour_new(uint64_t hour);
 void hour_free(Hour *h);
+/* Bytes an hour allocates (the Hour itself and every array), exactly. */
 size_t hour_nbytes(const Hour *h);
+size_t caps_nbytes(const Caps *c);
+Caps hour_caps(const Hour *h);
+/* The capacities `h` needs for `keys` more entries, `names` more names of `bytes` bytes, and
+ * the carry words if `need_high`: STEP_OK, or STEP_FULL past MAX_ENTRIES. hour_reserve then
+ * allocates exactly those, so hour_plan is also what a merge will cost. */
+int hour_plan(const Hour *h, uint64_t keys, uint64_t names, uint64_t bytes, int need_high,
+              Caps *out);
 Slot *slots_rebuild(uint64_t size, uint32_t count, const void *items, size_t stride,
                     size_t hash_at);
-int hour_reserve(Hour *h, uint64_t keys, uint64_t bytes, int need_high);
+int hour_reserve(Hour *h, const Caps *caps);
 int64_t hour_find_name(const Hour *h, const char *bytes, uint32_t length, uint32_t hash);
 uint32_t hour_find(const Hour *h, const KeyRef *key, uint32_t hash);
-uint32_t hour_insert(Hour *h, const KeyRef *key, uint32_t hash);
+/* Append a new key (known to be absent) whose names hash to `name_hash`. */
+uint32_t hour_insert(Hour *h, const KeyRef *key, uint32_t hash, const uint32_t name_hash[3]);
 size_t hour_json_length(const Hour *h);
 char *hour_json_write(const Hour *h, char *out);
 
@@ -302,7 +323,8 @@ extern const char *const FIELD_NAMES[N_FIELDS];
 /* Where a type keeps each field: the byte offset of its slot (msgspec Structs and __slots__
  * classes have member descriptors), or -1 to read it with getattr. */
 typedef struct {
-    PyTypeObject *type; /* strong reference; NULL while the cache entry is unused */
+    PyTypeObject *type; /* strong reference in the cache (a copy borrows it); NULL unused */
+    unsigned int version; /* the type's tp_version_tag when read: changed by a new attribute */
     Py_ssize_t offset[N_FIELDS];
     int all_slots;      /* every offset is >= 0: fields can be read without running Python */
 } Layout;
@@ -317,6 +339,7 @@ typedef struct {
     uint32_t group;    /* which hour of the batch (Batch.groups), or SKIPPED */
     uint32_t hash;     /* short_hash of the key */
     uint32_t row;      /* the key's row + 1 once known to exist before this merge, else 0 */
+    uint32_t name_hash[3]; /* short hashes of the names, set for an item whose key is new */
 } Item;
 
 #define SKIPPED UINT32_MAX
@@ -340,6 +363,7 @@ void items_release(Item *items, Py_ssize_t n);
 int as_u64(PyObject *value, const char *what, uint64_t *out);
 PyObject *long_from_u128(u128 value);
 extern PyMethodDef records_functions[]; /* split, hour_bounds, first_outside */
+extern PyMethodDef slicing_functions[]; /* array_slices */
 
 /* -- packs (pack.c) --------------------------------------------------------------------------- */
 
@@ -372,6 +396,8 @@ typedef struct {
     Slot *hour_slots;  /* open addressing over hours, keyed by hash_hour */
     uint32_t hour_mask;
     uint64_t keys;     /* entries summed over hours */
+    uint64_t nbytes;   /* bytes the tables allocate: every hour's hour_nbytes, the hours
+                        * array and the hour slots; kept exact by every change */
     /* Uses in progress without the GIL: > 0 readers, -1 one writer, 0 none. Changed only with
      * the GIL held, so a check and its update are one step. */
     int busy;
@@ -381,6 +407,9 @@ Hour *tables_find(const HourTables *self, uint64_t hour);
 /* 0 if the tables may be read (writing: 0) or changed (writing: 1) now, else -1 with
  * RuntimeError set: another thread uses them without the GIL. */
 int check_idle(HourTables *self, int writing);
+/* Raise for a failed step: MemoryError, OverflowError or TableFull. */
+PyObject *step_error(int status, const char *what);
+extern PyObject *TableFull; /* the exception: an hour or a batch past what 32 bits address */
 
 /* -- queries (groups.c) ------------------------------------------------------------------------ */
 

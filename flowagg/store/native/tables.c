@@ -36,13 +36,34 @@
 
 #include "table.h"
 
+#include <malloc.h>
 #include <sys/random.h>
 
 uint64_t hash_seed[4];
 uint64_t hash_start;
+uint32_t max_entries = MAX_ENTRIES;
 
 /* -- HourTables ------------------------------------------------------------------------------- */
 
+PyObject *TableFull;
+
+PyObject *
+step_error(int status, const char *what)
+{
+    switch (status) {
+        case STEP_OVERFLOW:
+            PyErr_Format(PyExc_OverflowError, "a counter would pass 2**128; nothing was %s", what);
+            break;
+        case STEP_FULL:
+            PyErr_Format(TableFull,
+                         "an hour would hold more than 2**31 keys or names; nothing was %s", what);
+            break;
+        default:
+            PyErr_NoMemory();
+            break;
+    }
+    return NULL;
+}
 
 Hour *
 tables_find(const HourTables *self, uint64_t hour)
@@ -62,11 +83,32 @@ tables_find(const HourTables *self, uint64_t hour)
     }
 }
 
-/* Rebuild the hour slots for the hours held plus `more`. -1 on failure (nothing changed). */
-static int
-tables_reindex(HourTables *self, uint32_t more)
+/* Bytes of the hours array and the hour slots. */
+static size_t
+tables_own_nbytes(uint64_t hours_cap, uint64_t slots)
 {
-    uint64_t size = slots_for((uint64_t)self->nhours + more);
+    return (size_t)(hours_cap * sizeof(Hour *) + slots * sizeof(Slot));
+}
+
+static uint64_t
+tables_slots(const HourTables *self)
+{
+    return self->hour_slots != NULL ? (uint64_t)self->hour_mask + 1 : 0;
+}
+
+/* The capacities of the hours array and the hour slots for `want` hours. */
+static void
+tables_plan(const HourTables *self, uint64_t want, uint64_t *cap, uint64_t *slots)
+{
+    *cap = want > self->hours_cap ? grown(self->hours_cap, want) : self->hours_cap;
+    uint64_t have = tables_slots(self);
+    *slots = have != 0 && want <= have * 3 / 4 ? have : slots_for(want);
+}
+
+/* Rebuild the hour slots with `size` slots. -1 without memory (nothing changed). */
+static int
+tables_reindex(HourTables *self, uint64_t size)
+{
     Slot *slots = PyMem_RawCalloc(size, sizeof(Slot));
     if (slots == NULL) {
         return -1;
@@ -80,27 +122,31 @@ tables_reindex(HourTables *self, uint32_t more)
     return 0;
 }
 
-/* Room for `more` hours: -1 on failure (nothing changed but capacity). */
+/* Room for `more` hours: a STEP_ status (nothing changed but capacities, which nbytes
+ * follows). */
 static int
 tables_reserve(HourTables *self, uint32_t more)
 {
-    uint64_t want = (uint64_t)self->nhours + more;
-    if (want > MAX_ENTRIES) {
-        return -1;
+    uint64_t want = (uint64_t)self->nhours + more, cap, slots;
+    if (want > max_entries) {
+        return STEP_FULL;
     }
-    if (want > self->hours_cap) {
-        uint64_t cap = grown(self->hours_cap, want);
+    tables_plan(self, want, &cap, &slots);
+    int status = STEP_OK;
+    size_t before = tables_own_nbytes(self->hours_cap, tables_slots(self));
+    if (cap > self->hours_cap) {
         Hour **hours = PyMem_RawRealloc(self->hours, cap * sizeof(Hour *));
         if (hours == NULL) {
-            return -1;
+            return STEP_NO_MEMORY;
         }
         self->hours = hours;
         self->hours_cap = (uint32_t)cap;
     }
-    if (self->hour_slots == NULL || want > ((uint64_t)self->hour_mask + 1) * 3 / 4) {
-        return tables_reindex(self, more);
+    if (slots != tables_slots(self) && tables_reindex(self, slots) < 0) {
+        status = STEP_NO_MEMORY;
     }
-    return 0;
+    self->nbytes += tables_own_nbytes(self->hours_cap, tables_slots(self)) - before;
+    return status;
 }
 
 /* Add a new hour; needs the room tables_reserve made. */
@@ -110,6 +156,7 @@ tables_add(HourTables *self, Hour *h)
     uint32_t index = self->nhours++;
     self->hours[index] = h;
     slot_put(self->hour_slots, self->hour_mask, index, short_hash(hash_hour(h->hour)));
+    self->nbytes += hour_nbytes(h);
 }
 
 int
@@ -150,8 +197,10 @@ typedef struct {
     uint64_t hour;
     Hour *table;     /* the hour's table (NULL until phase 1 creates a missing one) */
     int created;     /* the table is new in this merge: added to the tables in phase 2 */
-    uint64_t fresh;  /* flows whose key the table did not hold before: an upper bound of new keys */
-    uint64_t bytes;  /* their names' bytes: an upper bound of new arena bytes */
+    uint64_t candidates; /* items whose key the table did not hold before (copies counted) */
+    uint64_t keys;   /* distinct keys of the batch the table does not hold: entries to add */
+    uint64_t names;  /* distinct names of those keys the table does not hold: names to add */
+    uint64_t bytes;  /* and their bytes: arena bytes to add */
     u128 sum[2];     /* the batch's total bytes_tx and bytes_rx for the hour */
     int overflow;    /* the sums overflowed 128 bits */
 } Group;
@@ -242,11 +291,14 @@ group_of(Batch *b, uint64_t hour, Slot **slots, uint32_t *mask, uint32_t *cap)
     return g;
 }
 
-/* Give every item not skipped its group, one per distinct hour. -1 without memory (no
- * exception set: it may run without the GIL). */
+/* Give every item not skipped its group, one per distinct hour. A STEP_ status (no exception
+ * set: it may run without the GIL). */
 static int
 batch_group(Batch *b)
 {
+    if ((uint64_t)b->n * 3 >= UINT32_MAX) {
+        return STEP_FULL; /* items and their names are numbered with 32 bits below */
+    }
     Slot *slots = NULL;
     uint32_t mask = 0, cap = 0;
     uint32_t last = SKIPPED;
@@ -259,23 +311,22 @@ batch_group(Batch *b)
             int64_t g = group_of(b, item->hour, &slots, &mask, &cap);
             if (g < 0) {
                 PyMem_RawFree(slots);
-                return -1;
+                return STEP_NO_MEMORY;
             }
             last = (uint32_t)g;
         }
         item->group = last;
     }
     PyMem_RawFree(slots);
-    return 0;
+    return STEP_OK;
 }
 
 #define PREFETCH_AHEAD 8
 
-/* Phase 1 without Python: hash and look up every key, total the counters per hour, and
- * reserve every byte phase 2 can need. Returns 0, or -1 for memory and -2 for a counter that
- * would pass 2**128; nothing the tables hold has changed then (only capacities). */
-static int
-batch_prepare(HourTables *self, Batch *b)
+/* Hash every key and look it up in its hour's table (item->row), and total the counters per
+ * hour. Changes nothing. */
+static void
+batch_lookup(HourTables *self, Batch *b)
 {
     for (uint32_t g = 0; g < b->ngroups; g++) {
         b->groups[g].table = tables_find(self, b->groups[g].hour);
@@ -308,40 +359,155 @@ batch_prepare(HourTables *self, Batch *b)
         }
         Group *g = &b->groups[item->group];
         item->row = g->table != NULL ? hour_find(g->table, &item->key, item->hash) : 0;
-        if (item->row == 0) {
-            g->fresh++;
-            g->bytes += (uint64_t)item->key.length[0] + item->key.length[1] + item->key.length[2];
-        }
+        g->candidates += item->row == 0;
         for (int c = 0; c < 2; c++) {
             g->overflow |= __builtin_add_overflow(g->sum[c], item->count[c], &g->sum[c]);
         }
     }
+}
+
+static inline int
+same_key(const KeyRef *a, const KeyRef *b)
+{
+    for (int f = 0; f < 3; f++) {
+        if (a->length[f] != b->length[f] || !same_bytes(a->name[f], b->name[f], a->length[f])) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Spread a short hash over groups, so that the same key in two hours lands apart. */
+static inline uint32_t
+in_group(uint32_t hash, uint32_t group)
+{
+    return hash ^ (group * 0x9e3779b9u);
+}
+
+/* After batch_lookup: count exactly what merging the batch adds to each hour (distinct new
+ * keys, their distinct new names and those names' bytes), however many copies of a key or a
+ * name the batch holds; the first item of each new key gets its names' hashes. A STEP_
+ * status; changes nothing of the tables. */
+static int
+batch_census(Batch *b)
+{
+    uint64_t candidates = 0;
+    for (uint32_t g = 0; g < b->ngroups; g++) {
+        candidates += b->groups[g].candidates;
+    }
+    if (candidates == 0) {
+        return STEP_OK;
+    }
+    uint64_t key_size = slots_for(candidates), name_size = slots_for(candidates * 3);
+    Slot *keys = PyMem_RawCalloc(key_size, sizeof(Slot)); /* new keys met: item + 1 */
+    Slot *names = PyMem_RawCalloc(name_size, sizeof(Slot)); /* new names: 3 * item + f + 1 */
+    if (keys == NULL || names == NULL) {
+        PyMem_RawFree(keys);
+        PyMem_RawFree(names);
+        return STEP_NO_MEMORY;
+    }
+    uint32_t key_mask = (uint32_t)(key_size - 1), name_mask = (uint32_t)(name_size - 1);
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        Item *item = &b->items[i];
+        if (item->group == SKIPPED || item->row != 0) {
+            continue;
+        }
+        Group *g = &b->groups[item->group];
+        uint32_t hash = in_group(item->hash, item->group), s = hash & key_mask;
+        for (; keys[s].index != SLOT_NONE; s = (s + 1) & key_mask) {
+            const Item *other = &b->items[keys[s].index - 1];
+            if (keys[s].hash == hash && other->group == item->group
+                && same_key(&other->key, &item->key)) {
+                break;
+            }
+        }
+        if (keys[s].index != SLOT_NONE) {
+            continue; /* a copy of a key met earlier in the batch */
+        }
+        keys[s].index = (uint32_t)i + 1;
+        keys[s].hash = hash;
+        g->keys++;
+        for (int f = 0; f < 3; f++) {
+            const char *bytes = item->key.name[f];
+            uint32_t length = item->key.length[f];
+            item->name_hash[f] = short_hash(hash_bytes(bytes, length));
+            if (g->table != NULL && hour_find_name(g->table, bytes, length, item->name_hash[f]) >= 0) {
+                continue;
+            }
+            uint32_t nh = in_group(item->name_hash[f], item->group), t = nh & name_mask;
+            for (; names[t].index != SLOT_NONE; t = (t + 1) & name_mask) {
+                uint32_t at = names[t].index - 1;
+                const Item *other = &b->items[at / 3];
+                if (names[t].hash == nh && other->group == item->group
+                    && other->key.length[at % 3] == length
+                    && same_bytes(other->key.name[at % 3], bytes, length)) {
+                    break;
+                }
+            }
+            if (names[t].index == SLOT_NONE) {
+                names[t].index = (uint32_t)(i * 3 + f) + 1;
+                names[t].hash = nh;
+                g->names++;
+                g->bytes += length;
+            }
+        }
+    }
+    PyMem_RawFree(keys);
+    PyMem_RawFree(names);
+    return STEP_OK;
+}
+
+/* The capacities group `g` needs: a STEP_ status. */
+static int
+group_plan(const Group *g, Caps *caps)
+{
+    Hour empty = {.hour = g->hour};
+    const Hour *h = g->table != NULL ? g->table : &empty;
+    u128 sum = g->sum[0] > g->sum[1] ? g->sum[0] : g->sum[1];
+    u128 top;
+    if (g->overflow || __builtin_add_overflow(h->max_count, sum, &top)) {
+        return STEP_OVERFLOW;
+    }
+    return hour_plan(h, g->keys, g->names, g->bytes, (top >> 64) != 0, caps);
+}
+
+/* Phase 1 without Python: look up every key, count what is new, and reserve exactly the
+ * memory phase 2 needs. A STEP_ status; on failure nothing the tables hold has changed (only
+ * capacities, which self->nbytes follows). */
+static int
+batch_prepare(HourTables *self, Batch *b)
+{
+    batch_lookup(self, b);
+    int status = batch_census(b);
+    if (status != STEP_OK) {
+        return status;
+    }
     uint32_t created = 0;
     for (uint32_t g = 0; g < b->ngroups; g++) {
         Group *group = &b->groups[g];
+        Caps caps;
+        if ((status = group_plan(group, &caps)) != STEP_OK) {
+            return status;
+        }
         if (group->table == NULL) {
             group->table = hour_new(group->hour);
             if (group->table == NULL) {
-                return -1;
+                return STEP_NO_MEMORY;
             }
             group->created = 1;
             created++;
         }
         Hour *h = group->table;
-        u128 sum = group->sum[0] > group->sum[1] ? group->sum[0] : group->sum[1];
-        u128 top;
-        if (group->overflow || __builtin_add_overflow(h->max_count, sum, &top)) {
-            return -2;
+        size_t before = group->created ? 0 : hour_nbytes(h);
+        status = hour_reserve(h, &caps) < 0 ? STEP_NO_MEMORY : STEP_OK;
+        if (!group->created) {
+            self->nbytes += hour_nbytes(h) - before; /* counted once added, if created */
         }
-        int need_high = (top >> 64) != 0;
-        if (hour_reserve(h, group->fresh, group->bytes, need_high) < 0) {
-            return -1;
+        if (status != STEP_OK) {
+            return status;
         }
     }
-    if (created > 0 && tables_reserve(self, created) < 0) {
-        return -1;
-    }
-    return 0;
+    return created > 0 ? tables_reserve(self, created) : STEP_OK;
 }
 
 /* Phase 2: add every item. Cannot fail. */
@@ -372,7 +538,7 @@ batch_apply(HourTables *self, Batch *b)
                 row = found - 1;
             }
             else {
-                row = hour_insert(h, &item->key, item->hash);
+                row = hour_insert(h, &item->key, item->hash, item->name_hash);
                 new_keys++;
             }
         }
@@ -383,54 +549,50 @@ batch_apply(HourTables *self, Batch *b)
     b->new_keys = new_keys;
 }
 
-/* Fill (from packs), group, prepare and apply: the whole merge but reading records. -1 without
- * memory, -2 for a counter that would pass 2**128; no exception set, so it may run without the
- * GIL. */
+/* Fill (from packs), group, prepare and apply: the whole merge but reading records. A STEP_
+ * status; no exception set, so it may run without the GIL. */
 static int
 batch_merge_steps(HourTables *self, Batch *b)
 {
     int status = batch_fill_packs(b);
-    if (status == 0) {
+    if (status == STEP_OK) {
         status = batch_group(b);
     }
-    if (status == 0) {
+    if (status == STEP_OK) {
         status = batch_prepare(self, b);
     }
-    if (status == 0) {
+    if (status == STEP_OK) {
         batch_apply(self, b);
     }
     return status;
 }
 
-/* Merge a batch read by batch_read, without the GIL for large batches. */
+/* Merge a batch read by batch_read, without the GIL for large batches. The caller has read the
+ * batch (which may run Python code) before: only now are the tables checked and marked. */
 static int
 batch_merge(HourTables *self, Batch *b)
 {
+    if (check_idle(self, 1) < 0) {
+        return -1;
+    }
     int status;
+    self->busy = -1; /* no reader or writer from here, with or without the GIL */
     if (b->total >= RELEASE_GIL_AT) {
-        self->busy = -1;
         Py_BEGIN_ALLOW_THREADS
         status = batch_merge_steps(self, b);
         Py_END_ALLOW_THREADS
-        self->busy = 0;
     }
     else {
         status = batch_merge_steps(self, b);
     }
-    if (status == -1) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    if (status == -2) {
-        PyErr_SetString(PyExc_OverflowError, "a counter would pass 2**128; nothing was merged");
+    self->busy = 0;
+    if (status != STEP_OK) {
+        step_error(status, "merged");
         return -1;
     }
     return 0;
 }
 
-/* Read every record of `records` (flow records, or with `rows_of_hour` set, snapshot rows of
- * that hour) into b->items; items of hours below `cutoff` are marked SKIPPED. 0, or -1 with an
- * exception set (the items read so far hold references: batch_free releases them). */
 /* Take a tuple of Packs as the batch: b->owners keeps them alive and batch_fill_packs points
  * the items at their flows later, without the GIL. No reference per item, nothing to release
  * per item. */
@@ -459,12 +621,12 @@ batch_read_packs(Batch *b, PyObject *packs, uint64_t cutoff)
 }
 
 /* Point the items at the packs' flows (a batch of packs not yet filled; else nothing to do).
- * Cannot fail: returns 0, to chain with the other steps. */
+ * Cannot fail: returns STEP_OK, to chain with the other steps. */
 static int
 batch_fill_packs(Batch *b)
 {
     if (b->owners == NULL || b->n == b->total) {
-        return 0;
+        return STEP_OK;
     }
     Py_ssize_t npacks = PyTuple_GET_SIZE(b->owners);
     for (Py_ssize_t p = 0; p < npacks; p++) {
@@ -488,44 +650,46 @@ batch_fill_packs(Batch *b)
             }
         }
     }
-    return 0;
+    return STEP_OK;
 }
 
+/* Read every record of `records` (flow records, or with `rows_of_hour` set, snapshot rows of
+ * that hour; or a list of Packs) into b->items; items of hours below `cutoff` are marked
+ * SKIPPED. 0, or -1 with an exception set (the items read so far hold references: batch_free
+ * releases them). Reading may run Python code (getattr, a generator): the records are copied
+ * into a tuple first, so that code cannot change what is being read. */
 static int
 batch_read(Batch *b, PyObject *records, uint64_t cutoff, const uint64_t *rows_of_hour)
 {
-    if (rows_of_hour == NULL && PyList_Check(records) && PyList_GET_SIZE(records) > 0
-        && Pack_Check(PyList_GET_ITEM(records, 0))) {
-        PyObject *packs = PyList_AsTuple(records); /* a list could change under our feet */
-        if (packs == NULL) {
-            return -1;
-        }
-        int status = batch_read_packs(b, packs, cutoff);
-        Py_DECREF(packs);
-        return status;
-    }
-    PyObject *seq = PySequence_Fast(records, "flows must be a sequence");
+    PyObject *seq = PySequence_Tuple(records);
     if (seq == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_TypeError)) {
+            PyErr_SetString(PyExc_TypeError, "flows must be a sequence");
+        }
         return -1;
     }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    Py_ssize_t n = PyTuple_GET_SIZE(seq);
+    if (rows_of_hour == NULL && n > 0 && Pack_Check(PyTuple_GET_ITEM(seq, 0))) {
+        int status = batch_read_packs(b, seq, cutoff);
+        Py_DECREF(seq);
+        return status;
+    }
     int status = 0;
     b->items = PyMem_RawMalloc((n > 0 ? n : 1) * sizeof(Item));
     if (b->items == NULL) {
         PyErr_NoMemory();
         status = -1;
     }
-    PyObject **objects = PySequence_Fast_ITEMS(seq);
     Layout layout = {0};
     for (Py_ssize_t i = 0; status == 0 && i < n; i++) {
         Item *item = &b->items[i];
         item_init(item);
         b->n = i + 1; /* the item may hold references even if reading it fails */
         if (rows_of_hour != NULL) {
-            status = read_row(objects[i], *rows_of_hour, item);
+            status = read_row(PyTuple_GET_ITEM(seq, i), *rows_of_hour, item);
         }
         else {
-            status = read_flow(objects[i], &layout, item);
+            status = read_flow(PyTuple_GET_ITEM(seq, i), &layout, item);
         }
         if (status == 0 && item->hour < cutoff) {
             item->group = SKIPPED;
@@ -542,9 +706,10 @@ batch_read(Batch *b, PyObject *records, uint64_t cutoff, const uint64_t *rows_of
 PyDoc_STRVAR(merge_doc,
 "merge(flows, cutoff=0) -> (applied, new_keys)\n\n"
 "Add a list of flow records (objects with src_app, dest_app, vpc_id, bytes_tx, bytes_rx and\n"
-"hour) to the tables; records of hours below cutoff are skipped. All or nothing: on any error\n"
-"(a field of the wrong type, no memory) the tables are unchanged. Returns how many records\n"
-"were added and how many keys (key-hours) were new.");
+"hour), or of Packs, to the tables; records of hours below cutoff are skipped. All or nothing:\n"
+"on any error (a field of the wrong type, MemoryError, OverflowError past 2**128, TableFull)\n"
+"the tables are unchanged. Returns how many records were added and how many keys (key-hours)\n"
+"were new.");
 
 static PyObject *
 HourTables_merge(HourTables *self, PyObject *args, PyObject *kwargs)
@@ -558,9 +723,6 @@ HourTables_merge(HourTables *self, PyObject *args, PyObject *kwargs)
     if (cutoff_arg != NULL && as_u64(cutoff_arg, "cutoff", &cutoff) < 0) {
         return NULL;
     }
-    if (check_idle(self, 1) < 0) {
-        return NULL;
-    }
     Batch b = {0};
     PyObject *result = NULL;
     if (batch_read(&b, flows, cutoff, NULL) == 0 && batch_merge(self, &b) == 0) {
@@ -570,54 +732,73 @@ HourTables_merge(HourTables *self, PyObject *args, PyObject *kwargs)
     return result;
 }
 
-static inline int
-same_key(const KeyRef *a, const KeyRef *b)
+/* Exactly what merging the batch would add: key-hours, and bytes the tables would allocate.
+ * A STEP_ status; changes nothing. */
+static int
+batch_cost(HourTables *self, Batch *b, uint64_t *keys, uint64_t *bytes)
 {
-    for (int f = 0; f < 3; f++) {
-        if (a->length[f] != b->length[f] || !same_bytes(a->name[f], b->name[f], a->length[f])) {
-            return 0;
+    int status = batch_fill_packs(b);
+    if (status == STEP_OK) {
+        status = batch_group(b);
+    }
+    if (status != STEP_OK) {
+        return status;
+    }
+    batch_lookup(self, b);
+    if ((status = batch_census(b)) != STEP_OK) {
+        return status;
+    }
+    uint64_t created = 0;
+    *keys = *bytes = 0;
+    for (uint32_t g = 0; g < b->ngroups; g++) {
+        Group *group = &b->groups[g];
+        Caps caps;
+        if ((status = group_plan(group, &caps)) != STEP_OK) {
+            return status;
+        }
+        *keys += group->keys;
+        *bytes += caps_nbytes(&caps);
+        if (group->table != NULL) {
+            *bytes -= hour_nbytes(group->table);
+        }
+        else {
+            created++;
         }
     }
-    return 1;
+    if (created > 0) {
+        uint64_t want = (uint64_t)self->nhours + created, cap, slots;
+        if (want > max_entries) {
+            return STEP_FULL;
+        }
+        tables_plan(self, want, &cap, &slots);
+        *bytes += tables_own_nbytes(cap, slots)
+                  - tables_own_nbytes(self->hours_cap, tables_slots(self));
+    }
+    return STEP_OK;
 }
 
-/* Distinct (hour, key) pairs of the batch that the tables do not hold. */
-static uint64_t
-batch_count_new(HourTables *self, Batch *b)
+PyDoc_STRVAR(cost_doc,
+"cost(flows) -> (new_keys, new_bytes)\n\n"
+"What merging a list of flow records (or of Packs) into the tables as they are would add:\n"
+"the distinct (hour, key) pairs they do not hold yet, and the bytes the tables would\n"
+"allocate for them (entries, slots, names, hours), exactly. Changes nothing.");
+
+static PyObject *
+HourTables_cost(HourTables *self, PyObject *flows)
 {
-    uint64_t size = slots_for((uint64_t)b->n);
-    Slot *seen = PyMem_RawCalloc(size, sizeof(Slot)); /* the new pairs met so far: items */
-    if (seen == NULL) {
-        return UINT64_MAX;
+    Batch b = {0};
+    PyObject *result = NULL;
+    if (batch_read(&b, flows, 0, NULL) == 0 && check_idle(self, 0) == 0) {
+        uint64_t keys, bytes;
+        self->busy++; /* nothing below runs Python code; marked all the same */
+        int status = batch_cost(self, &b, &keys, &bytes);
+        self->busy--;
+        result = status != STEP_OK ? step_error(status, "counted")
+                                   : Py_BuildValue("KK", (unsigned long long)keys,
+                                                   (unsigned long long)bytes);
     }
-    uint32_t mask = (uint32_t)(size - 1);
-    for (uint32_t g = 0; g < b->ngroups; g++) {
-        b->groups[g].table = tables_find(self, b->groups[g].hour);
-    }
-    uint64_t count = 0;
-    for (Py_ssize_t i = 0; i < b->n; i++) {
-        Item *item = &b->items[i];
-        const Hour *h = b->groups[item->group].table;
-        item->hash = short_hash(hash_key(&item->key));
-        if (h != NULL && hour_find(h, &item->key, item->hash) != 0) {
-            continue;
-        }
-        uint32_t s = item->hash & mask;
-        for (; seen[s].index != SLOT_NONE; s = (s + 1) & mask) {
-            const Item *other = &b->items[seen[s].index - 1];
-            if (seen[s].hash == item->hash && other->group == item->group
-                && same_key(&other->key, &item->key)) {
-                break;
-            }
-        }
-        if (seen[s].index == SLOT_NONE) {
-            seen[s].index = (uint32_t)i + 1;
-            seen[s].hash = item->hash;
-            count++;
-        }
-    }
-    PyMem_RawFree(seen);
-    return count;
+    batch_free(&b);
+    return result;
 }
 
 PyDoc_STRVAR(count_new_doc,
@@ -628,20 +809,13 @@ PyDoc_STRVAR(count_new_doc,
 static PyObject *
 HourTables_count_new(HourTables *self, PyObject *flows)
 {
-    if (check_idle(self, 0) < 0) {
+    PyObject *cost = HourTables_cost(self, flows);
+    if (cost == NULL) {
         return NULL;
     }
-    Batch b = {0};
-    PyObject *result = NULL;
-    if (batch_read(&b, flows, 0, NULL) == 0) {
-        uint64_t count = UINT64_MAX;
-        if (batch_fill_packs(&b) == 0 && batch_group(&b) == 0) {
-            count = batch_count_new(self, &b);
-        }
-        result = count == UINT64_MAX ? PyErr_NoMemory() : PyLong_FromUnsignedLongLong(count);
-    }
-    batch_free(&b);
-    return result;
+    PyObject *keys = Py_NewRef(PyTuple_GET_ITEM(cost, 0));
+    Py_DECREF(cost);
+    return keys;
 }
 
 PyDoc_STRVAR(merge_rows_doc,
@@ -657,7 +831,7 @@ HourTables_merge_rows(HourTables *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OO:merge_rows", &hour_arg, &rows)) {
         return NULL;
     }
-    if (as_u64(hour_arg, "hour", &hour) < 0 || check_idle(self, 1) < 0) {
+    if (as_u64(hour_arg, "hour", &hour) < 0) {
         return NULL;
     }
     Batch b = {0};
@@ -716,6 +890,10 @@ lookup_hour(HourTables *self, PyObject *arg, int *error)
         *error = 1;
         return NULL;
     }
+    if (check_idle(self, 0) < 0) { /* the slots may be changing under a merge */
+        *error = 1;
+        return NULL;
+    }
     return exists ? tables_find(self, hour) : NULL;
 }
 
@@ -741,20 +919,30 @@ PyDoc_STRVAR(rows_doc,
 "rows(hour) -> list of (src_app, dest_app, vpc_id, bytes_tx, bytes_rx)\n\n"
 "A copy of the hour's rows, in order of first appearance; [] for an hour without data.");
 
+static PyObject *rows_of(const Hour *h);
+
 static PyObject *
 HourTables_rows(HourTables *self, PyObject *arg)
 {
-    if (check_idle(self, 0) < 0) {
-        return NULL;
-    }
     int error;
     const Hour *h = lookup_hour(self, arg, &error);
-    if (error) {
+    if (error || check_idle(self, 0) < 0) {
         return NULL;
     }
     if (h == NULL) {
         return PyList_New(0);
     }
+    /* Making the tuples may run Python code (a garbage collection, and any finaliser it
+     * calls): marked as a reader meanwhile, so that code cannot merge into this hour. */
+    self->busy++;
+    PyObject *rows = rows_of(h);
+    self->busy--;
+    return rows;
+}
+
+static PyObject *
+rows_of(const Hour *h)
+{
     NameCache cache = {.hour = h, .str = PyMem_Calloc(h->nnames > 0 ? h->nnames : 1,
                                                       sizeof(PyObject *))};
     if (cache.str == NULL) {
@@ -809,12 +997,9 @@ PyDoc_STRVAR(encode_doc,
 static PyObject *
 HourTables_encode(HourTables *self, PyObject *arg)
 {
-    if (check_idle(self, 0) < 0) {
-        return NULL;
-    }
     int error;
     const Hour *h = lookup_hour(self, arg, &error);
-    if (error) {
+    if (error || check_idle(self, 0) < 0) {
         return NULL;
     }
     if (h == NULL || h->len == 0) {
@@ -894,6 +1079,40 @@ HourTables_hours(HourTables *self, PyObject *Py_UNUSED(ignored))
     return list;
 }
 
+/* After hours were dropped: give back the hours array and hour slots they no longer need, so
+ * that retention returns memory. Refills the slots in place where a smaller array cannot be
+ * had: cannot fail. */
+static void
+tables_shrink(HourTables *self)
+{
+    size_t before = tables_own_nbytes(self->hours_cap, tables_slots(self));
+    if (self->nhours == 0) {
+        PyMem_RawFree(self->hours);
+        PyMem_RawFree(self->hour_slots);
+        self->hours = NULL;
+        self->hour_slots = NULL;
+        self->hours_cap = self->hour_mask = 0;
+    }
+    else {
+        if (self->hours_cap > 2 * (uint64_t)self->nhours) {
+            Hour **hours = PyMem_RawRealloc(self->hours, self->nhours * sizeof(Hour *));
+            if (hours != NULL) {
+                self->hours = hours;
+                self->hours_cap = self->nhours;
+            }
+        }
+        uint64_t size = slots_for(self->nhours);
+        if (size >= tables_slots(self) || tables_reindex(self, size) < 0) {
+            memset(self->hour_slots, 0, ((size_t)self->hour_mask + 1) * sizeof(Slot));
+            for (uint32_t i = 0; i < self->nhours; i++) {
+                slot_put(self->hour_slots, self->hour_mask, i,
+                         short_hash(hash_hour(self->hours[i]->hour)));
+            }
+        }
+    }
+    self->nbytes -= before - tables_own_nbytes(self->hours_cap, tables_slots(self));
+}
+
 PyDoc_STRVAR(drop_before_doc,
 "drop_before(cutoff) -> (hours, keys)\n\n"
 "Drop every hour below cutoff; returns how many hours and key-hours were dropped.");
@@ -914,6 +1133,7 @@ HourTables_drop_before(HourTables *self, PyObject *arg)
         Hour *h = self->hours[i];
         if (h->hour < cutoff) {
             keys += h->len;
+            self->nbytes -= hour_nbytes(h);
             hour_free(h);
             dropped++;
         }
@@ -924,12 +1144,7 @@ HourTables_drop_before(HourTables *self, PyObject *arg)
     if (dropped > 0) {
         self->nhours = kept;
         self->keys -= keys;
-        /* Clear and refill the slots in place: cannot fail, unlike a smaller allocation. */
-        memset(self->hour_slots, 0, ((size_t)self->hour_mask + 1) * sizeof(Slot));
-        for (uint32_t i = 0; i < kept; i++) {
-            slot_put(self->hour_slots, self->hour_mask, i,
-                     short_hash(hash_hour(self->hours[i]->hour)));
-        }
+        tables_shrink(self);
     }
     return Py_BuildValue("IK", dropped, (unsigned long long)keys);
 }
@@ -950,18 +1165,24 @@ HourTables_key_count(HourTables *self, PyObject *arg)
 static Py_ssize_t
 HourTables_len(HourTables *self)
 {
-    return self->nhours;
+    return check_idle(self, 0) < 0 ? -1 : (Py_ssize_t)self->nhours;
 }
 
 static PyObject *
 HourTables_get_keys(HourTables *self, void *Py_UNUSED(closure))
 {
+    if (check_idle(self, 0) < 0) {
+        return NULL;
+    }
     return PyLong_FromUnsignedLongLong(self->keys);
 }
 
 static PyObject *
 HourTables_get_newest(HourTables *self, void *Py_UNUSED(closure))
 {
+    if (check_idle(self, 0) < 0) {
+        return NULL;
+    }
     if (self->nhours == 0) {
         return PyLong_FromLong(-1);
     }
@@ -977,14 +1198,10 @@ HourTables_get_newest(HourTables *self, void *Py_UNUSED(closure))
 static PyObject *
 HourTables_get_nbytes(HourTables *self, void *Py_UNUSED(closure))
 {
-    size_t n = sizeof(HourTables) + (size_t)self->hours_cap * sizeof(Hour *);
-    if (self->hour_slots != NULL) {
-        n += ((size_t)self->hour_mask + 1) * sizeof(Slot);
+    if (check_idle(self, 0) < 0) {
+        return NULL;
     }
-    for (uint32_t i = 0; i < self->nhours; i++) {
-        n += hour_nbytes(self->hours[i]);
-    }
-    return PyLong_FromSize_t(n);
+    return PyLong_FromUnsignedLongLong(self->nbytes);
 }
 
 static PyMethodDef HourTables_methods[] = {
@@ -998,13 +1215,15 @@ static PyMethodDef HourTables_methods[] = {
     {"key_count", (PyCFunction)HourTables_key_count, METH_O, key_count_doc},
     {"scan", (PyCFunction)HourTables_scan, METH_VARARGS, scan_doc},
     {"count_new", (PyCFunction)HourTables_count_new, METH_O, count_new_doc},
+    {"cost", (PyCFunction)HourTables_cost, METH_O, cost_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef HourTables_getset[] = {
     {"keys", (getter)HourTables_get_keys, NULL, "key-hours held, summed over hours", NULL},
     {"newest", (getter)HourTables_get_newest, NULL, "the highest hour held, or -1", NULL},
-    {"nbytes", (getter)HourTables_get_nbytes, NULL, "bytes of memory the tables hold", NULL},
+    {"nbytes", (getter)HourTables_get_nbytes, NULL,
+     "bytes the tables allocate (entries, slots, names, hours), counted exactly", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -1029,6 +1248,80 @@ static PyTypeObject HourTables_Type = {
     .tp_getset = HourTables_getset,
     .tp_as_sequence = &HourTables_as_sequence,
     .tp_new = HourTables_new,
+};
+
+/* -- the allocator ---------------------------------------------------------------------------- */
+
+PyDoc_STRVAR(tune_allocator_doc,
+"tune_allocator(arenas, mmap_threshold) -> bool\n\n"
+"Ask glibc's malloc for at most `arenas` arenas (each thread that allocates may otherwise get\n"
+"one of its own, which keeps the memory freed in it) and to map every block of\n"
+"`mmap_threshold` bytes or more on its own (so that freeing it returns it to the system; a\n"
+"fixed threshold also stops glibc from raising it after such a block is freed). False where\n"
+"the C library is not glibc.");
+
+static PyObject *
+table_tune_allocator(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int arenas, threshold;
+    if (!PyArg_ParseTuple(args, "ii:tune_allocator", &arenas, &threshold)) {
+        return NULL;
+    }
+#ifdef __GLIBC__
+    int done = mallopt(M_ARENA_MAX, arenas) == 1 && mallopt(M_MMAP_THRESHOLD, threshold) == 1;
+    return PyBool_FromLong(done);
+#else
+    (void)arenas;
+    (void)threshold;
+    Py_RETURN_FALSE;
+#endif
+}
+
+PyDoc_STRVAR(trim_doc,
+"trim() -> bool\n\n"
+"Give the memory malloc holds free back to the system (glibc's malloc_trim): after retention\n"
+"dropped hours, or a large request was freed. Releases the GIL meanwhile.");
+
+static PyObject *
+table_trim(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+#ifdef __GLIBC__
+    int released;
+    Py_BEGIN_ALLOW_THREADS
+    released = malloc_trim(0);
+    Py_END_ALLOW_THREADS
+    return PyBool_FromLong(released);
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+PyDoc_STRVAR(set_max_entries_doc,
+"_set_max_entries(n) -> previous\n\n"
+"For tests: the most keys (and names) an hour may hold, normally 2**31 - 1, so that TableFull\n"
+"can be seen without filling an hour that far. Not for use while another thread merges.");
+
+static PyObject *
+table_set_max_entries(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    unsigned long n = PyLong_AsUnsignedLong(arg);
+    if (n == (unsigned long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (n < 1 || n > MAX_ENTRIES) {
+        PyErr_SetString(PyExc_ValueError, "n must be between 1 and 2**31 - 1");
+        return NULL;
+    }
+    uint32_t previous = max_entries;
+    max_entries = (uint32_t)n;
+    return PyLong_FromUnsignedLong(previous);
+}
+
+static PyMethodDef allocator_functions[] = {
+    {"tune_allocator", table_tune_allocator, METH_VARARGS, tune_allocator_doc},
+    {"trim", table_trim, METH_NOARGS, trim_doc},
+    {"_set_max_entries", table_set_max_entries, METH_O, set_max_entries_doc},
+    {NULL, NULL, 0, NULL},
 };
 
 PyDoc_STRVAR(module_doc,
@@ -1058,6 +1351,16 @@ PyInit_table(void)
         || PyType_Ready(&Pack_Type) < 0) {
         return NULL;
     }
+    if (TableFull == NULL) {
+        TableFull = PyErr_NewExceptionWithDoc(
+            "flowagg.store.table.TableFull",
+            "An hour would hold more keys or names than 32-bit numbers address (2**31), or a\n"
+            "batch more flows; nothing was changed. Not a lack of memory (MemoryError).",
+            NULL, NULL);
+        if (TableFull == NULL) {
+            return NULL;
+        }
+    }
     PyObject *module = PyModule_Create(&table_module);
     if (module == NULL) {
         return NULL;
@@ -1065,7 +1368,10 @@ PyInit_table(void)
     if (PyModule_AddObjectRef(module, "HourTables", (PyObject *)&HourTables_Type) < 0
         || PyModule_AddObjectRef(module, "Groups", (PyObject *)&Groups_Type) < 0
         || PyModule_AddObjectRef(module, "Pack", (PyObject *)&Pack_Type) < 0
-        || PyModule_AddFunctions(module, pack_functions) < 0) {
+        || PyModule_AddFunctions(module, pack_functions) < 0
+        || PyModule_AddFunctions(module, allocator_functions) < 0
+        || PyModule_AddFunctions(module, slicing_functions) < 0
+        || PyModule_AddObjectRef(module, "TableFull", TableFull) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -64,13 +64,18 @@ chromium:
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
 		>/dev/null 2>&1; } || echo "chromium is not installed: the page tests will fail"
 
-# Debian's redis-server and redis-tools: the Redis store's tests start a real cluster with them.
-# Installed here when missing and we may (root with apt-get); without them those tests fail.
+# Debian's redis-server and redis-tools: the Redis store's tests start a real cluster with them,
+# and run instances whose clocks are wrong under Debian's faketime. Installed here when missing
+# and we may (root with apt-get); without them those tests fail.
 redis-tools:
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || \
 		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		{ apt-get update -qq && apt-get install -y -qq redis-server redis-tools; } >/dev/null 2>&1; } || \
 		echo "redis-server cannot be installed: the Redis store's tests will fail"
+	@command -v faketime >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && apt-get install -y -qq faketime; } >/dev/null 2>&1; } || \
+		echo "faketime cannot be installed: tests/test_redis_clock.py will fail"
 
 # wrk is a Debian package: installed here when missing and we may (root with apt-get);
 # without it the harness drives the servers with locust instead.
@@ -107,7 +112,8 @@ check-native: $(NATIVE)
 		LD_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
 		$(abspath $(BIN))/python -m pytest -q -p no:cacheprovider \
 		tests/test_table.py tests/test_table_safety.py tests/test_query.py \
-		tests/test_partition.py tests/test_limits.py tests/test_api.py tests/test_concurrency.py
+		tests/test_partition.py tests/test_limits.py tests/test_api.py tests/test_concurrency.py \
+		tests/test_packed.py
 	@command -v clang >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		{ apt-get update -qq && apt-get -o DPkg::Lock::Timeout=300 install -y -qq clang; } \
 		>/dev/null 2>&1; } || { echo "clang cannot be installed: no fuzzing" >&2; exit 1; }

@@ -37,6 +37,7 @@ def create_app(
     from flowagg.shutdown import exit_on_sigterm
     from flowagg.store.durable import open_durable_store
     from flowagg.store.memory import PartitionedStore, tune_allocator
+    from flowagg.store.redis.meta import LayoutMismatch
     from flowagg.store.redis.store import open_redis_store
     from flowagg.tokens import Tokens, TokensFileError
     from flowagg.web.guard import waitress_hosts
@@ -76,7 +77,11 @@ def create_app(
     metrics = Metrics()
     metrics.watch_log(log_buffer)
     if app.config["FLOWAGG_REDIS_URL"] is not None:  # stateless: everything is in Redis
-        store = open_redis_store(app.config, metrics, clock)
+        try:
+            store = open_redis_store(app.config, metrics, clock)
+        except LayoutMismatch as exc:  # one line, and the status of a refused start
+            print(f"flowagg: refusing to start: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         exit_on_sigterm(store)
     elif app.config["FLOWAGG_DATA_DIR"] is None:
         store = PartitionedStore(

@@ -317,6 +317,20 @@ SETTINGS = (
         _int_at_least(1),
         "How long one Redis round trip, and a commit's resends after refusals, may take.",
     ),
+    Setting(
+        "FLOWAGG_REDIS_WAIT_REPLICAS",
+        0,
+        _int_at_least(0),
+        "Replicas of each primary that must have a commit (Redis WAIT) before its POST is"
+        " answered 200; 0 does not wait.",
+    ),
+    Setting(
+        "FLOWAGG_REDIS_CACHE_BYTES",
+        256 * 1024 * 1024,
+        _int_at_least(0),
+        "Bytes of recently read hours an instance keeps, checked against Redis on every read"
+        " (0 keeps none).",
+    ),
 )
 
 DEFAULTS = {s.name: s.default for s in SETTINGS}

@@ -13,7 +13,14 @@ from waitress import wasyncore
 from waitress.server import create_server
 
 from flowagg import create_app
-from tests.redis_cluster import cluster, redis_cluster, redis_node  # noqa: F401 (Redis fixtures)
+from tests.redis_cluster import (  # noqa: F401 (Redis fixtures)
+    cluster,
+    faulty,
+    open_store,
+    proxied_cluster,
+    redis_cluster,
+    redis_node,
+)
 
 # Upper bound for any wait in a test: generous, since CI machines are shared and slow.
 WAIT_TIMEOUT = 10.0

@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.faultproxy import FaultProxy
+
 START_TIMEOUT = 30.0  # seconds for a node to answer, and for the cluster to be ok
 
 
@@ -48,7 +50,14 @@ def free_port() -> int:
 
 
 class RedisNode:
-    def __init__(self, directory: Path, port: int, appendfsync: str, cluster: bool = True) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        port: int,
+        appendfsync: str,
+        cluster: bool = True,
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.directory, self.port = directory, port
         self.config = directory / "redis.conf"
         directory.mkdir(parents=True)
@@ -66,7 +75,9 @@ class RedisNode:
                     f"appendfsync {'everysec' if appendfsync == 'no-aof' else appendfsync}",
                     'save ""',
                     "protected-mode yes",
+                    "enable-protected-configs local",  # a test moves dir to fail a save
                     f"logfile {directory / 'redis.log'}",
+                    *extra,
                     "",
                 ]
             )
@@ -96,6 +107,11 @@ class RedisNode:
             assert time.monotonic() < deadline, f"redis-server on {self.port} did not start"
             time.sleep(0.02)
 
+    announced: int | None = None  # the port the node tells clients, if not its own
+
+    def role(self) -> str:
+        return self.client().info("replication")["role"]
+
     def kill(self) -> None:
         """SIGKILL by pid, and wait for the exit."""
         if self.proc is not None and self.proc.poll() is None:
@@ -105,12 +121,20 @@ class RedisNode:
     def state(self) -> str:
         return self.client().execute_command("CLUSTER", "INFO").decode()
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
 
 class RedisCluster:
-    def __init__(self, root: Path, nodes: int = 3, appendfsync: str = "always") -> None:
-        """``appendfsync``: always, everysec or no, or ``no-aof`` for no append-only file."""
-        self.root = root
-        self.nodes = [RedisNode(root / f"node-{i}", free_port(), appendfsync) for i in range(nodes)]
+    def __init__(
+        self, root: Path, nodes: int = 3, appendfsync: str = "always", replicas: int = 0
+    ) -> None:
+        """``appendfsync``: always, everysec or no, or ``no-aof`` for no append-only file;
+        ``nodes`` primaries with ``replicas`` replicas each."""
+        self.root, self.replicas = root, replicas
+        count = nodes * (1 + replicas)
+        self.nodes = [RedisNode(root / f"node-{i}", free_port(), appendfsync) for i in range(count)]
 
     @property
     def url(self) -> str:
@@ -124,7 +148,7 @@ class RedisCluster:
             assert cli, "redis-cli is not installed (make test installs Debian's redis-tools)"
             subprocess.run(
                 [cli, "--cluster", "create", *(n.address for n in self.nodes)]
-                + ["--cluster-replicas", "0", "--cluster-yes"],
+                + ["--cluster-replicas", str(self.replicas), "--cluster-yes"],
                 check=True,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -137,12 +161,12 @@ class RedisCluster:
         return self
 
     def wait_ok(self, timeout: float = START_TIMEOUT) -> None:
-        """Wait until every node says the cluster is ok and knows every node."""
+        """Wait until every running node says the cluster is ok and knows every node."""
         deadline = time.monotonic() + timeout
         states: list[str] = []
         while True:
             try:
-                states = [node.state() for node in self.nodes]
+                states = [node.state() for node in self.nodes if node.running]
                 size = f"cluster_known_nodes:{len(self.nodes)}"
                 if all("cluster_state:ok" in s and size in s for s in states):
                     return
@@ -152,21 +176,80 @@ class RedisCluster:
             time.sleep(0.05)
 
     def primary_of(self, key: str) -> RedisNode:
-        slot = self.nodes[0].client().execute_command("CLUSTER", "KEYSLOT", key)
-        for node in self.nodes:
+        running = [n for n in self.nodes if n.running]
+        slot = running[0].client().execute_command("CLUSTER", "KEYSLOT", key)
+        for node in running:
             for start, end, primary, *_ in node.client().execute_command("CLUSTER", "SLOTS"):
-                if start <= slot <= end and int(primary[1]) == node.port:
+                if start <= slot <= end and int(primary[1]) in (node.port, node.announced):
                     return node
         raise AssertionError(f"no primary serves {key}")
 
+    def primaries(self) -> list[RedisNode]:
+        return [n for n in self.nodes if n.running and n.role() == "master"]
+
     def flush(self) -> None:
         """Delete every key on every primary (the functions stay loaded)."""
-        for node in self.nodes:
+        for node in self.primaries():
             node.client().flushall()
 
     def stop(self) -> None:
         for node in self.nodes:
             node.kill()
+
+
+class ProxiedCluster(RedisCluster):
+    """Primaries each behind a ``FaultProxy`` (tests/faultproxy.py). Every node tells clients the
+    proxy's port (``cluster-announce-port``: in CLUSTER SLOTS, MOVED and ASK), so the instances
+    reach the cluster only through the proxies; the cluster bus is direct. Made by hand (slots,
+    then MEET), since ``redis-cli --cluster create`` would check the announced addresses."""
+
+    def __init__(self, root: Path, nodes: int = 3) -> None:
+        self.root, self.replicas = root, 0
+        self.nodes, self.proxies = [], []
+        for i in range(nodes):
+            port = free_port()
+            proxy = FaultProxy(port)
+            announce = (f"cluster-announce-port {proxy.port}",
+                        f"cluster-announce-bus-port {port + 10000}")  # fmt: skip
+            node = RedisNode(root / f"node-{i}", port, "no-aof", extra=announce)
+            node.announced = proxy.port
+            self.nodes.append(node)
+            self.proxies.append(proxy)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.proxies[0].address}"
+
+    def start(self) -> ProxiedCluster:
+        try:
+            for node in self.nodes:
+                node.start()
+            share = 16384 // len(self.nodes)
+            for i, node in enumerate(self.nodes):
+                last = 16383 if i == len(self.nodes) - 1 else (i + 1) * share - 1
+                node.client().execute_command("CLUSTER", "ADDSLOTSRANGE", i * share, last)
+                node.client().execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
+            for node in self.nodes[1:]:
+                self.nodes[0].client().execute_command(
+                    "CLUSTER", "MEET", "127.0.0.1", node.port, node.port + 10000
+                )
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def proxy_of(self, node: RedisNode) -> FaultProxy:
+        return self.proxies[self.nodes.index(node)]
+
+    def heal(self) -> None:
+        for proxy in self.proxies:
+            proxy.set("pass")
+
+    def stop(self) -> None:
+        super().stop()
+        for proxy in self.proxies:
+            proxy.close()
 
 
 @pytest.fixture(scope="session")
@@ -193,6 +276,27 @@ def redis_node() -> Iterator[RedisNode]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def proxied_cluster() -> Iterator[ProxiedCluster]:
+    """Three primaries behind fault proxies, for the whole run (started on first use)."""
+    root = Path(tempfile.mkdtemp(prefix="flowagg-redis-proxied-"))
+    cluster = ProxiedCluster(root).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def faulty(proxied_cluster: ProxiedCluster) -> ProxiedCluster:
+    """The proxied cluster, every proxy passing and every key deleted, for one test."""
+    proxied_cluster.heal()
+    proxied_cluster.wait_ok()
+    proxied_cluster.flush()
+    return proxied_cluster
+
+
 @pytest.fixture
 def cluster(redis_cluster: RedisCluster) -> RedisCluster:
     """The session's cluster, emptied and with every node up, for one test."""
@@ -202,3 +306,21 @@ def cluster(redis_cluster: RedisCluster) -> RedisCluster:
     redis_cluster.wait_ok()
     redis_cluster.flush()
     return redis_cluster
+
+
+@pytest.fixture
+def open_store():
+    """Open Redis stores in this process (instances, for the tests); closed on teardown."""
+    from flowagg.store.redis.store import RedisStore
+
+    stores = []
+
+    def make(url: str, **options) -> RedisStore:
+        options = {"partitions": 3, "buffer_capacity": 4096, "timeout_s": 1.0, **options}
+        store = RedisStore(url, **options)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        assert store.close(START_TIMEOUT), "a drainer did not stop"

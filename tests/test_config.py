@@ -35,6 +35,8 @@ def test_defaults():
         "FLOWAGG_REDIS_URL": None,
         "FLOWAGG_REDIS_BUCKETS": 16,
         "FLOWAGG_REDIS_TIMEOUT_MS": 2_000,
+        "FLOWAGG_REDIS_WAIT_REPLICAS": 0,
+        "FLOWAGG_REDIS_CACHE_BYTES": 256 * 1024 * 1024,
     }
 
 

@@ -27,7 +27,7 @@ def start_instance(node_address: str, **env: str) -> ServerProcess:
     settings = {
         "FLOWAGG_REDIS_URL": f"redis://{node_address}",
         "FLOWAGG_PARTITIONS": "4",
-        "FLOWAGG_REDIS_TIMEOUT_MS": "500",
+        "FLOWAGG_REDIS_TIMEOUT_MS": "2000",
         "FLOWAGG_LOG_LEVEL": "warning",
         **env,
     }
@@ -207,8 +207,7 @@ def on_live_primary(cluster, victim, hour: int) -> dict:
     """A flow of ``hour`` whose bucket lives on a primary other than ``victim``."""
     for i in range(1000):
         record = flow(f"live-{i}", "d", "v", 1, 1, hour)
-        encoded = layout.encode_names(record["src_app"], "d", "v")
-        key = layout.bucket_key(hour, layout.bucket_of(encoded, 16), 16)
+        key = layout.bucket_key(hour, layout.bucket_of(record["src_app"], "d", "v", 16), 16)
         if cluster.primary_of(key) is not victim:
             return record
     raise AssertionError("no such flow")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from itertools import pairwise
 
 import pytest
@@ -24,9 +25,11 @@ from flowagg.store.base import (
     Unreachable,
 )
 from flowagg.store.memory import PartitionedStore
-from flowagg.store.redis import layout
+from flowagg.store.redis import compaction, layout
 from flowagg.store.redis.store import RedisStore
+from flowagg.store.table import Sums
 from tests.conftest import WAIT_TIMEOUT
+from tests.test_packed import decode
 
 INT64_MAX = 2**63 - 1
 
@@ -61,12 +64,17 @@ def test_counters_beyond_2_64_are_exact_in_one_commit_and_across_commits(make_st
         b'[{"src_app":"big","dest_app":"d","vpc_id":"v",'
         b'"bytes_tx":%d,"bytes_rx":%d,"hour":1}]' % (total_tx, total_rx)
     )
-    # Stored as a low part below 2**63 and a carry, both plain Redis integers.
-    encoded = layout.encode_names("big", "d", "v").encode()
-    key = layout.bucket_key(1, layout.bucket_of(encoded.decode(), 16), 16)
-    fields = cluster.primary_of(key).client().hgetall(key)
-    low, carry = int(fields[b"t" + encoded]), int(fields[b"T" + encoded])
-    assert 0 <= low < 2**63 and carry * 2**63 + low == total_tx
+    # Stored as packed deltas: a list per bucket, its header, then blobs of summed rows: a's
+    # request summed in one delta, b's three requests one delta each.
+    key = layout.bucket_key(1, layout.bucket_of("big", "d", "v", 16), 16)
+    header, *blobs = cluster.primary_of(key).client().lrange(key, 0, -1)
+    assert layout.base_chunks(header) == 0
+    assert sorted(row for blob in blobs for row in decode(blob)) == [
+        ("big", "d", "v", INT64_MAX, 1),
+        ("big", "d", "v", INT64_MAX, 1),
+        ("big", "d", "v", INT64_MAX, 1),
+        ("big", "d", "v", 5 * INT64_MAX, 5 * INT64_MAX),
+    ]
 
 
 NAMES = ["a:b", "a", "b:c", "b", "|", ",", "\x00", "\n", "{x}", "}", "1:", "3:a:b", "é", " "]
@@ -175,45 +183,65 @@ def test_a_request_without_key_that_failed_says_so_and_nothing_is_answered_200(m
 def test_functions_are_loaded_again_on_a_primary_that_lost_them(make_store, cluster):
     metrics = Metrics()
     store = make_store(metrics=metrics)
+    assert store.ingest([Flow("first", "d", "v", 1, 1, 12)], WAIT_TIMEOUT) == 1  # loads them
     for node in cluster.nodes:
         node.client().function_flush()
     assert store.ingest([Flow(f"s{i}", "d", "v", 1, 1, 12) for i in range(50)], WAIT_TIMEOUT) == 50
-    assert len(store.read_hour(12, WAIT_TIMEOUT)) == 50
-    # One error per call that met a primary without them (the note and the buckets' calls).
+    assert len(store.read_hour(12, WAIT_TIMEOUT)) == 51
+    # One error per call that met a primary without them (the listing and the buckets' calls).
     missing = {"kind": "function_missing"}
     assert metrics.registry.get_sample_value("flowagg_redis_errors_total", missing) >= 3
-    assert metrics.registry.get_sample_value("flowagg_redis_commit_flows_count") >= 1
-    assert metrics.registry.get_sample_value("flowagg_redis_commit_flows_sum") == 50
+    assert metrics.registry.get_sample_value("flowagg_redis_commit_flows_count") >= 2
+    assert metrics.registry.get_sample_value("flowagg_redis_commit_flows_sum") == 51
     for node in cluster.nodes:
         [library] = node.client().function_list()  # RESP2: [name, value, ...] per library
-        assert library[library.index(b"library_name") + 1] == b"flowagg_v1"
+        assert library[library.index(b"library_name") + 1] == b"flowagg_v2"
 
 
-def test_retention_follows_the_clock_on_every_instance(make_store, cluster):
-    now = [5 * 3600.0]  # hour 5 since the epoch
-
-    def clock() -> float:
-        return now[0]
-
-    a = make_store(retention_hours=2, clock=clock)
-    b = make_store(retention_hours=2, clock=clock)
-    assert a.ingest([Flow("s", "d", "v", 1, 1, 5)], WAIT_TIMEOUT) == 1
-    assert b.ingest([Flow("k", "d", "v", 1, 1, 5)], WAIT_TIMEOUT, "late") == 1
-    now[0] = 10 * 3600.0  # hour 10: the window is [8, 11]
-    assert b.read_hour(5, WAIT_TIMEOUT) == []  # out of the window before any bucket is deleted
-    assert a.ingest([Flow("s", "d", "v", 1, 1, 10)], WAIT_TIMEOUT) == 1  # a's step expires 5
-    keys = [layout.bucket_key(5, bucket, 16) for bucket in range(16)]
-    assert not any(cluster.primary_of(k).client().exists(k) for k in keys)
-    for hour in (7, 12):
-        with pytest.raises(
-            Expired, match=rf"\$\[0\]\.hour: hour {hour} is outside the window \[8, 11\]"
-        ):
-            b.ingest([Flow("s", "d", "v", 1, 1, hour)], WAIT_TIMEOUT)
+def test_the_window_follows_redis_time_and_redis_expires_the_data(make_store, cluster):
+    """Both instances take the window from the same clock (here a stand-in for Redis's TIME);
+    no instance deletes anything: every bucket carries an expiry computed from its hour."""
+    hour = int(time.time() // 3600)  # buckets expire by Redis's real clock: a current hour
+    now = [hour * 3600 + 1800.0]
+    a = make_store(retention_hours=2, redis_time=lambda: now[0])
+    b = make_store(retention_hours=2, redis_time=lambda: now[0])
+    assert a.ingest([Flow("s", "d", "v", 1, 1, hour)], WAIT_TIMEOUT) == 1
+    assert b.ingest([Flow("k", "d", "v", 1, 1, hour)], WAIT_TIMEOUT, "late") == 1
+    keys = [layout.bucket_key(hour, b, 16) for b in range(16)]
+    held = [k for k in keys if cluster.primary_of(k).client().exists(k)]
+    assert held and all(
+        cluster.primary_of(k).client().execute_command("EXPIRETIME", k)
+        == (hour + 3) * 3600 + layout.EXPIRY_MARGIN_S
+        for k in held
+    )
+    now[0] += 5 * 3600  # the window is [hour + 3, hour + 6]
+    assert b.read_hour(hour, WAIT_TIMEOUT) == []  # below the window: not served ...
+    assert all(cluster.primary_of(k).client().exists(k) for k in held)  # ... nor deleted
+    for late in (hour + 2, hour + 7):
+        window = rf"the window \[{hour + 3}, {hour + 6}\]"
+        with pytest.raises(Expired, match=rf"\$\[0\]\.hour: hour {late} is outside {window}"):
+            b.ingest([Flow("s", "d", "v", 1, 1, late)], WAIT_TIMEOUT)
     # A retry of a keyed request is answered as the first time, also once its hour expired.
-    assert b.ingest([Flow("k", "d", "v", 1, 1, 5)], WAIT_TIMEOUT, "late") == 1
-    assert b.read_hour(5, WAIT_TIMEOUT) == []
-    assert b.hours_held(WAIT_TIMEOUT) == HoursHeld(1, 10, 10)
-    assert a.stats().hours_dropped == 1 and b.stats().hours_dropped == 0
+    assert b.ingest([Flow("k", "d", "v", 1, 1, hour)], WAIT_TIMEOUT, "late") == 1
+    assert b.read_hour(hour, WAIT_TIMEOUT) == []
+    assert a.ingest([Flow("s", "d", "v", 1, 1, hour + 4)], WAIT_TIMEOUT) == 1
+    assert b.hours_held(WAIT_TIMEOUT) == HoursHeld(1, hour + 4, hour + 4)
+
+
+def test_a_commit_to_an_hour_redis_has_expired_leaves_nothing_and_lists_nothing(
+    make_store, cluster
+):
+    """An instance whose idea of now lags Redis's accepts an hour that Redis has expired: the
+    buckets it writes are deleted in the same call, and the hour is not listed."""
+    hour = int(time.time() // 3600) - 10
+    store = make_store(retention_hours=2, redis_time=lambda: hour * 3600 + 1800.0)
+    assert store.ingest([Flow(f"s{i}", "d", "v", 1, 1, hour) for i in range(50)], 5) == 50
+    assert store.read_hour(hour, WAIT_TIMEOUT) == []
+    keys = [layout.bucket_key(hour, b, 16) for b in range(16)]
+    assert not any(cluster.primary_of(k).client().exists(k) for k in keys)
+    hours = cluster.primary_of(layout.HOURS_KEY).client().zrange(layout.HOURS_KEY, 0, -1)
+    assert str(hour).encode() not in hours
+    assert store.hours_held(WAIT_TIMEOUT) == HoursHeld(0, None, None)
 
 
 def test_a_name_over_the_limit_is_refused_whole(make_store):
@@ -270,17 +298,16 @@ def test_a_later_step_answers_its_posts_but_reads_wait_for_every_earlier_step(ma
     it is committed; a read still waits until the first, held in its commit, is done too."""
     store = make_store(start=False)
     partition = store.partition_for(40)
-    committer = partition._committer
     entered, release = threading.Event(), threading.Event()
-    original = committer.commit
+    original = partition._commit
 
-    def held_commit(batch, tickets, first_seq):
+    def held_commit(tickets):
         if not entered.is_set():  # the first step waits here, with its flows taken
             entered.set()
             assert release.wait(WAIT_TIMEOUT)
-        return original(batch, tickets, first_seq)
+        return original(tickets)
 
-    committer.commit = held_commit
+    partition._commit = held_commit
     answers: dict[str, int] = {}
 
     def post(name: str) -> None:
@@ -321,3 +348,64 @@ def test_one_node_without_cluster_mode_serves_every_key(redis_node):
         assert a.health(0.9) == []
     finally:
         assert a.close(WAIT_TIMEOUT) and b.close(WAIT_TIMEOUT)
+
+
+def test_a_cached_hour_is_checked_against_redis_on_every_read(make_store, monkeypatch):
+    monkeypatch.setattr(compaction, "FOLD_BYTES", 0)  # fold any two deltas
+    a, b = make_store(), make_store()
+    flows = [Flow(f"s{i}", "d", "v", 1, 1, 60) for i in range(300)]  # every bucket
+    assert a.ingest(flows, WAIT_TIMEOUT) == 300
+    assert len(a.read_hour(60, WAIT_TIMEOUT)) == 300
+    hits = a.cache.hits
+    assert a.read_hour_json(60, WAIT_TIMEOUT) == a.read_hour_json(60, WAIT_TIMEOUT)
+    assert a.cache.hits == hits + 2  # nothing changed: answered from what a holds
+    assert b.ingest(flows[:10], WAIT_TIMEOUT) == 10  # another instance writes
+    rows = {r[0]: r[3] for r in a.read_hour(60, WAIT_TIMEOUT)}
+    assert sum(rows.values()) == 310 and all(rows[f.src_app] == 2 for f in flows[:10])
+    for bucket in range(16):  # b folds every bucket: other headers, the same sums
+        b.compactor.compact(60, bucket)
+    assert {r[0]: r[3] for r in a.read_hour(60, WAIT_TIMEOUT)} == rows
+    assert a.read_hour_json(60, WAIT_TIMEOUT) == b.read_hour_json(60, WAIT_TIMEOUT)
+
+
+def test_a_compaction_applies_at_most_once_whoever_runs_it(make_store, cluster, monkeypatch):
+    monkeypatch.setattr(compaction, "FOLD_BYTES", 0)
+    a, b = make_store(buckets=1), make_store(buckets=1)
+    key = layout.bucket_key(61, 0, 1)
+    node = cluster.primary_of(key).client()
+    for i in range(20):
+        assert a.ingest([Flow(f"s{i % 5}", "d", "v", 1, i, 61)], WAIT_TIMEOUT) == 1
+    read = node.lrange(key, 0, -1)
+    header, *elements = read
+    sums = Sums(61)
+    sums.add(elements)
+    chunks = sums.pack(layout.CHUNK_ROWS, layout.CHUNK_BYTES)
+    fold = ("FCALL", layout.COMPACT_FUNCTION, 1, key, header, len(read), layout.new_header(1), 0)
+    assert node.execute_command(*fold, *chunks) == 1
+    assert node.execute_command(*fold, *chunks) == 0  # sent again: nothing more happens
+    assert len(node.lrange(key, 0, -1)) == 2  # the new header and one base chunk
+    # Two instances compacting while a third writes: every count kept, once.
+    stop, errors = threading.Event(), []
+
+    def compact(store):
+        while not stop.is_set():
+            try:
+                store.compactor.compact(61, 0)
+            except Exception as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=compact, args=(s,)) for s in (a, b)]
+    for t in threads:
+        t.start()
+    writer = make_store(buckets=1)
+    try:
+        for i in range(200):
+            assert writer.ingest([Flow(f"s{i % 5}", "d", "v", 1, 1, 61)], WAIT_TIMEOUT) == 1
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(WAIT_TIMEOUT)
+    assert errors == []
+    rows = writer.read_hour(61, WAIT_TIMEOUT)
+    assert [(r[0], r[3]) for r in rows] == [(f"s{i}", 44) for i in range(5)]
+    assert sum(r[4] for r in rows) == sum(range(20)) + 200

@@ -156,14 +156,19 @@ def on_unavailable(exc: Unavailable) -> Response:
     return error(503, f"cannot store the request: {exc}")
 
 
-# What a POST refused by an unreachable backend may have left behind, in the client's words.
+# What a POST refused by an unreachable backend may have left behind, in the client's words:
+# for a request with an Idempotency-Key, and for one without (which no retry can make whole).
 _APPLIED = {
     "nothing": "nothing was applied, retry later",
     "partly": "part of the request was applied: retry it with the same Idempotency-Key,"
-    " which applies only the rest (without a key, a retry counts that part twice)",
+    " which applies only the rest",
     "maybe": "some or all of the request may have been applied: retry it with the same"
-    " Idempotency-Key, which applies only what is missing (without a key, a retry may count"
-    " flows twice)",
+    " Idempotency-Key, which applies only what is missing",
+}
+_APPLIED_WITHOUT_KEY = {
+    **_APPLIED,
+    "partly": "part of the request was applied: retrying it counts that part twice",
+    "maybe": "some or all of the request may have been applied: retrying it may count flows twice",
 }
 
 
@@ -173,7 +178,9 @@ def on_unreachable(exc: Unreachable) -> Response:
     log.warning("backend unreachable: %s", exc)
     if exc.applied is None:
         return error(503, f"{exc}; retry later", retry_after=True)
-    return error(503, f"{exc}; {_APPLIED[exc.applied]}", retry_after=True)
+    keyed = request.environ.get("HTTP_IDEMPOTENCY_KEY") is not None
+    said = (_APPLIED if keyed else _APPLIED_WITHOUT_KEY)[exc.applied]
+    return error(503, f"{exc}; {said}", retry_after=True)
 
 
 @bp.app_errorhandler(Exception)

@@ -417,4 +417,10 @@ extern PyTypeObject Groups_Type;
 PyObject *HourTables_scan(HourTables *self, PyObject *args);
 extern const char scan_doc[];
 
+/* -- packed rows for the Redis store (packed.c) ------------------------------------------------ */
+
+extern PyTypeObject Sums_Type;
+PyObject *HourTables_pack_buckets(HourTables *self, PyObject *args);
+extern const char pack_buckets_doc[];
+
 #endif /* FLOWAGG_TABLE_H */

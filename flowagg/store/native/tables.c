@@ -1214,6 +1214,7 @@ static PyMethodDef HourTables_methods[] = {
     {"drop_before", (PyCFunction)HourTables_drop_before, METH_O, drop_before_doc},
     {"key_count", (PyCFunction)HourTables_key_count, METH_O, key_count_doc},
     {"scan", (PyCFunction)HourTables_scan, METH_VARARGS, scan_doc},
+    {"pack_buckets", (PyCFunction)HourTables_pack_buckets, METH_VARARGS, pack_buckets_doc},
     {"count_new", (PyCFunction)HourTables_count_new, METH_O, count_new_doc},
     {"cost", (PyCFunction)HourTables_cost, METH_O, cost_doc},
     {NULL, NULL, 0, NULL},
@@ -1348,7 +1349,7 @@ PyInit_table(void)
         return NULL;
     }
     if (PyType_Ready(&HourTables_Type) < 0 || PyType_Ready(&Groups_Type) < 0
-        || PyType_Ready(&Pack_Type) < 0) {
+        || PyType_Ready(&Pack_Type) < 0 || PyType_Ready(&Sums_Type) < 0) {
         return NULL;
     }
     if (TableFull == NULL) {
@@ -1368,6 +1369,7 @@ PyInit_table(void)
     if (PyModule_AddObjectRef(module, "HourTables", (PyObject *)&HourTables_Type) < 0
         || PyModule_AddObjectRef(module, "Groups", (PyObject *)&Groups_Type) < 0
         || PyModule_AddObjectRef(module, "Pack", (PyObject *)&Pack_Type) < 0
+        || PyModule_AddObjectRef(module, "Sums", (PyObject *)&Sums_Type) < 0
         || PyModule_AddFunctions(module, pack_functions) < 0
         || PyModule_AddFunctions(module, allocator_functions) < 0
         || PyModule_AddFunctions(module, slicing_functions) < 0

@@ -1,48 +1,45 @@
 """Talking to Redis: one node or a cluster, found from one seed; pipelines per primary; faults.
 
-``RedisClient`` asks the seed (or any node it already knows) whether it runs in cluster mode
-(``INFO cluster``) and, if so, which primary serves which slot (``CLUSTER SLOTS``); one node
-without cluster mode serves every key. It loads the functions library (functions.lua) on every
-primary it finds, with ``FUNCTION LOAD REPLACE``, and again on a primary that answers
-"Function not found".
+``RedisClient`` finds the nodes from one seed (topology.py: the slot map, refreshed by one caller
+at a time and for a bounded time; no network I/O under its lock; nodes that left are forgotten).
 
-``execute`` runs a list of ``Call``s: each goes to the primary of its key's slot, the calls of a
-primary are pipelined on one connection, and every primary's pipeline is written before any
-reply is read, so a commit over three primaries costs one round trip, not three (hiredis packs
-the commands in C: str, bytes and int arguments, nothing else). Each call then
-knows one of three states:
+``execute`` runs a list of ``Call``s before a deadline: each goes to the primary of its key's
+slot; the calls of a primary are pipelined on one connection, every primary's pipeline is written
+before any reply is read, and replies are read from whichever primary has them (``poll``), so one
+node that does not answer costs the time left and delays nobody else's replies. Each call ends in
+one of three states:
 
     done       the reply arrived (``reply``)
-    refused    the call was certainly not executed: MOVED/ASK, CLUSTERDOWN, TRYAGAIN, READONLY,
-               LOADING, "Function not found", out of memory, or no connection could be made
-    unknown    it was sent and no reply came (a timeout, a connection cut): it may have run
+    refused    the call certainly did not run: an error reply that proves it (connection.py),
+               no connection could be made, or its slot has no primary
+    unknown    it was sent and no reply came (a timeout, a cut connection), or an error reply
+               that does not prove it did not run, or WAIT said too few replicas have it
 
-Refused calls whose cause passes (a slot that moved, a failover in progress, a node that lost the
-functions) are sent again, after refreshing the slot map or reloading the functions, until the
-deadline. Unknown calls are sent again only when the caller says that is safe (reads).
+Refused calls are sent again until the deadline: after ``MOVED`` to the node it names (and the
+map is refreshed), after ``ASK`` to the node it names preceded by ``ASKING``, after a missing
+function with ``FUNCTION LOAD`` in front (a primary promoted by a failover may lack them), after
+the others once the cause may have passed. Unknown calls are sent again only when the caller says
+that is safe (reads). With ``wait_replicas`` N > 0, every primary's pipeline that holds a write
+ends with ``WAIT N <time left>`` on the same connection; if fewer than N replicas acknowledged,
+that pipeline's writes are unknown: applied on the primary, not known to survive its failover.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
-import threading
+import select
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import redis
 from hiredis import pack_command
-from redis import exceptions
-from redis.backoff import NoBackoff
 from redis.connection import parse_url
-from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
-from redis.retry import Retry
 
+from flowagg.store.redis.connection import ConnectionLost, Node, ReplyError, left
 from flowagg.store.redis.layout import LIBRARY
+from flowagg.store.redis.topology import NoNode, SlotMap, Topology
 
 log = logging.getLogger("flowagg.redis")
 
@@ -50,7 +47,7 @@ FUNCTIONS = resources.files("flowagg.store.redis").joinpath("functions.lua").rea
 if not FUNCTIONS.startswith(f"#!lua name={LIBRARY}\n"):
     raise ImportError(f"functions.lua must declare the library {LIBRARY}")
 
-BACKOFF_S = (0.02, 0.05, 0.1, 0.2)  # pauses before each resend of refused calls, then the last
+BACKOFF_S = (0.01, 0.02, 0.05, 0.1, 0.2)  # pauses before each resend of refused calls
 
 ErrorObserver = Callable[[str], None]  # called with the kind of every Redis error
 
@@ -58,234 +55,239 @@ ErrorObserver = Callable[[str], None]  # called with the kind of every Redis err
 @dataclass(eq=False)
 class Call:
     key: str  # the key whose slot picks the primary
-    args: tuple  # the command and its arguments
-    node: Node | None = None  # a node of its own instead (a health check)
-    state: str = "new"  # new, done, refused, unknown
+    args: tuple  # the command and its arguments (str, bytes or int)
+    node: Node | None = None  # a node of its own instead (health checks)
+    write: bool = False  # a write that WAIT must cover
+    state: str = "new"  # new, (sent,) done, refused, unknown
     reply: Any = None
-    error: Exception | None = None
+    error: BaseException | None = None
+    ask: Node | None = None  # where an ASK sent it: its next send goes there, after ASKING
 
 
-@dataclass(eq=False)
-class Node:
-    host: str
-    port: int
-    pool: redis.ConnectionPool
-    functions_loaded: bool = False
+class Silent(Exception):
+    """A node that did not answer a call in time is not sent any for a while (``silent_s``):
+    its calls are refused at once (nothing sent), so that a blackholed primary costs every
+    request touching it an instant, not the timeout; the first call after that asks it again."""
 
-    @property
-    def name(self) -> str:
-        return f"{self.host}:{self.port}"
+    def __init__(self, node: Node) -> None:
+        super().__init__(f"{node.name} did not answer in time just before; not asked again yet")
 
 
-@dataclass
-class Topology:
-    cluster: bool
-    primaries: list[Node]
-    slots: list[Node] = field(default_factory=list)  # the primary of each slot (cluster only)
-
-    def node_for(self, key: str) -> Node | None:
-        if not self.cluster:
-            return self.primaries[0]
-        return self.slots[key_slot(key.encode())]
-
-
-class NoNode(Exception):
-    """No node could be asked for the slot map."""
+class NotReplicated(Exception):
+    """WAIT answered fewer replicas than asked for (or did not answer)."""
 
 
 class RedisClient:
-    def __init__(self, url: str, timeout_s: float, on_error: ErrorObserver | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float,
+        on_error: ErrorObserver | None = None,
+        wait_replicas: int = 0,
+    ) -> None:
         options = parse_url(url)
         self.timeout_s = timeout_s
-        self._seed = (options.pop("host", "127.0.0.1"), int(options.pop("port", 6379)))
-        # RESP3: HGETALL answers a map, SMEMBERS a set.
-        self._options = {
-            **options,
-            "protocol": 3,
-            "retry": Retry(NoBackoff(), 0),  # execute() decides what is sent again, and when
-            "socket_timeout": timeout_s,
-            "socket_connect_timeout": timeout_s,
-        }
+        self.wait_replicas = wait_replicas
+        seed = (options.get("host", "127.0.0.1"), int(options.get("port", 6379)))
+        password, username = options.get("password"), options.get("username")
+        auth = tuple(x for x in (username, password) if x) if password else ()
         self._on_error = on_error
-        # Guards _nodes, _topology and _generation; held while the topology is refreshed.
-        self._lock = threading.Lock()
-        self._nodes: dict[tuple[str, int], Node] = {}
-        self._topology: Topology | None = None
-        self._generation = 0  # bumped at every refresh, so concurrent callers refresh once
+        self.silent_s = min(1.0, timeout_s)  # how long a node that timed out is left alone
+        self.map = SlotMap(seed, auth)
+        self.changed = self.map.changed  # notified when a refresh of the map ends
 
-    # -- topology ----------------------------------------------------------------------------
-
-    def topology(self) -> Topology:
-        with self._lock:
-            if self._topology is None:
-                self._refresh()
-            assert self._topology is not None
-            return self._topology
-
-    def refresh(self, seen_generation: int | None = None) -> None:
-        """Ask the nodes for the slot map again (unless another caller did since
-        ``seen_generation``) and load the functions on primaries that lack them."""
-        with self._lock:
-            if seen_generation is None or seen_generation == self._generation:
-                self._refresh()
-
-    def _refresh(self) -> None:
-        # Caller holds _lock. The seed first, then every node met so far.
-        candidates = [self._seed, *(a for a in self._nodes if a != self._seed)]
-        problems = []
-        for address in candidates:
-            try:
-                self._topology = self._ask(self._node(*address))
-                self._generation += 1
-                break
-            except (exceptions.RedisError, OSError) as exc:
-                problems.append(f"{address[0]}:{address[1]}: {exc}")
-        else:
-            self._topology = None
-            raise NoNode("no Redis node answers: " + "; ".join(problems))
-        for node in self._topology.primaries:
-            if not node.functions_loaded:
-                self._load_functions(node)
-
-    def _ask(self, node: Node) -> Topology:
-        info = self._command(node, "INFO", "cluster").decode()
-        if "cluster_enabled:1" not in info:
-            return Topology(False, [node])
-        slots: list[Node | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
-        primaries: dict[str, Node] = {}
-        for start, end, primary, *_replicas in self._command(node, "CLUSTER", "SLOTS"):
-            host = primary[0].decode() if primary[0] else node.host
-            owner = self._node(host, int(primary[1]))
-            primaries[owner.name] = owner
-            slots[start : end + 1] = [owner] * (end - start + 1)
-        missing = slots.count(None)
-        if missing:
-            log.warning("redis: %d slots are served by no primary (per %s)", missing, node.name)
-        return Topology(True, sorted(primaries.values(), key=lambda n: n.name), slots)  # type: ignore[arg-type]
-
-    def _node(self, host: str, port: int) -> Node:
-        # Caller holds _lock.
-        node = self._nodes.get((host, port))
-        if node is None:
-            pool = redis.ConnectionPool(host=host, port=port, **self._options)
-            node = self._nodes[(host, port)] = Node(host, port, pool)
-        return node
-
-    def _command(self, node: Node, *args: Any) -> Any:
-        conn = node.pool.get_connection()
-        try:
-            conn.send_command(*args)
-            return conn.read_response()
-        except (exceptions.ConnectionError, exceptions.TimeoutError):
-            conn.disconnect()
-            raise
-        finally:
-            node.pool.release(conn)
-
-    def _load_functions(self, node: Node) -> None:
-        try:
-            self._command(node, "FUNCTION", "LOAD", "REPLACE", FUNCTIONS)
-        except (exceptions.RedisError, OSError) as exc:
-            self._count(exc)
-            log.warning("redis: cannot load the functions on %s: %s", node.name, exc)
-            return
-        node.functions_loaded = True
-        log.info("redis: functions %s loaded on %s", LIBRARY, node.name)
+    def topology(self, deadline: float | None = None) -> Topology:
+        """The slot map (topology.py); ``NoNode`` if there is none and no node answers."""
+        return self.map.current(time.monotonic() + self.timeout_s if deadline is None else deadline)
 
     # -- running calls -----------------------------------------------------------------------
 
     def execute(self, calls: Sequence[Call], deadline: float, resend_unknown: bool = False) -> None:
         """Run ``calls`` (see the module comment); each ends done, refused or unknown."""
         pending = list(calls)
-        attempt = 0
-        while pending:
-            with self._lock:
-                generation = self._generation
+        for attempt in range(1_000_000):
             try:
-                topology = self.topology()
+                topology = self.topology(deadline)
             except NoNode as exc:
-                self._count(exceptions.ConnectionError(str(exc)))
+                self._count(exc)
                 for call in pending:
                     call.state, call.error = "refused", exc
-                topology = None
-            if topology is not None:
-                self._round(topology, pending)
-            retry = [c for c in pending if self._retryable(c, resend_unknown)]
-            if topology is None or any(_moves(c.error) for c in pending if c.state != "done"):
-                with contextlib.suppress(NoNode):  # said by the calls' own errors
-                    self.refresh(generation)
+            else:
+                self._round(topology, pending, deadline)
+            retry = [c for c in pending if _retryable(c, resend_unknown)]
             pause = BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
-            if not retry or time.monotonic() + pause >= deadline:
+            if not retry or left(deadline) <= pause:
                 return
-            time.sleep(pause)
-            attempt += 1
+            with self.changed:  # a refresh in progress may end the wait early
+                self.changed.wait(pause)
             pending = retry
 
-    def _round(self, topology: Topology, calls: list[Call]) -> None:
-        """Send every call once: write every primary's pipeline, then read every reply."""
-        groups: dict[int, tuple[Node, list[Call]]] = {}
+    def _round(self, topology: Topology, calls: list[Call], deadline: float) -> None:
+        """Send every call once: write every node's pipeline, then read every reply."""
+        groups: dict[Node, list[Call]] = {}
         for call in calls:
-            node = call.node or topology.node_for(call.key)
+            node = call.node or call.ask or topology.node_for(call.key)
             if node is None:
-                call.state, call.error = "refused", exceptions.ClusterDownError("slot not served")
+                call.state, call.error = "refused", ReplyError("CLUSTERDOWN slot not served")
                 continue
-            groups.setdefault(id(node), (node, []))[1].append(call)
+            groups.setdefault(node, []).append(call)
         sent = []
-        for node, group in groups.values():
-            if not node.functions_loaded:
-                with self._lock:
-                    self._load_functions(node)
+        now = time.monotonic()
+        for node, group in groups.items():
+            if node.silent_until > now and group[0].node is None:  # health checks still ask it
+                for call in group:
+                    call.state, call.error = "refused", Silent(node)
+                continue
             try:
-                conn = node.pool.get_connection()  # connects, if the pool had no connection
-                _roomy(conn)
-            except (exceptions.ConnectionError, exceptions.TimeoutError) as exc:
+                conn = node.take(deadline)
+            except OSError as exc:  # nothing was sent
                 self._count(exc)
+                self.map.invalidate()
+                if isinstance(exc, TimeoutError):
+                    node.silent_until = time.monotonic() + self.silent_s
                 for call in group:
                     call.state, call.error = "refused", exc
                 continue
-            try:
-                conn.send_packed_command([b"".join([pack_command(c.args) for c in group])])
-            except Exception as exc:  # what went out before the error may run
-                self._fail(conn, node, group, "unknown", exc)
+            if left(deadline) <= 0:  # nothing was sent
+                node.give(conn)
+                for call in group:
+                    call.state, call.error = "refused", TimeoutError("no time left to send it")
                 continue
-            sent.append((node, conn, group))
-        for node, conn, group in sent:
-            self._read(node, conn, group)
-
-    def _read(self, node: Node, conn: redis.Connection, group: list[Call]) -> None:
-        for i, call in enumerate(group):
+            expected = self._pipeline(node, group, deadline)
             try:
-                call.reply, call.state, call.error = conn.read_response(), "done", None
-            except (exceptions.ResponseError, exceptions.BusyLoadingError) as exc:
-                call.state, call.error = self._refusal(node, exc), exc
-                self._count(exc)
-            except Exception as exc:  # a timeout, a cut connection, a reply not understood
-                self._fail(conn, node, group[i:], "unknown", exc)
-                return
-        node.pool.release(conn)
+                conn.send(b"".join(pack_command(args) for args, _ in expected), deadline)
+            except OSError as exc:  # what went out before the error may run
+                conn.close()
+                self._fail(group, exc)
+                continue
+            sent.append((node, conn, group, expected))
+        self._read_all(sent, deadline)
 
-    def _fail(self, conn, node: Node, calls: list[Call], state: str, exc: Exception) -> None:
-        conn.disconnect()
-        node.pool.release(conn)
-        self._count(exc)
-        for call in calls:
-            call.state, call.error = state, exc
+    def _pipeline(self, node: Node, group: list[Call], deadline: float) -> list[tuple]:
+        """The commands for one node: (args, what its reply is for) in order."""
+        expected: list[tuple] = []
+        if not node.functions_loaded and any(c.args[0] in ("FCALL", "FCALL_RO") for c in group):
+            expected.append((("FUNCTION", "LOAD", "REPLACE", FUNCTIONS), "load"))
+        for call in group:
+            call.state, call.reply, call.error = "sent", None, None
+            if call.ask is not None:
+                expected.append((("ASKING",), None))
+            expected.append((call.args, call))
+        if self.wait_replicas and any(c.write for c in group):
+            # Redis answers WAIT when its timeout passes: a tenth of the time left (at least
+            # 20 ms) is kept for that answer to reach us before our own deadline.
+            time_left = left(deadline)
+            ms = max(1, int((time_left - max(0.02, time_left / 10)) * 1000))
+            expected.append((("WAIT", self.wait_replicas, ms), "wait"))
+        return expected
 
-    def _refusal(self, node: Node, exc: exceptions.RedisError) -> str:
-        """The state of a call answered with an error: refused, or unknown if it may have run."""
-        if "Function not found" in str(exc):
-            node.functions_loaded = False  # loaded again before the next round's send
-            return "refused"
-        if isinstance(exc, REFUSALS):
-            return "refused"
-        return "unknown"  # a function that failed halfway keeps what it wrote
+    def _read_all(self, sent: list, deadline: float) -> None:
+        """Read the replies of every pipeline sent, from whichever node has them."""
+        waiting = {conn.fileno(): (node, conn, group, iter([what for _, what in expected]))
+                   for node, conn, group, expected in sent}  # fmt: skip
+        current: dict[int, tuple] = {fd: next(it) for fd, (_, _, _, it) in waiting.items()}
+        poller = select.poll()
+        for fd in waiting:
+            poller.register(fd, select.POLLIN)
+        last_look = False
+        while waiting:
+            for fd in list(waiting):
+                node, conn, group, it = waiting[fd]
+                try:
+                    while (reply := conn.reply()) is not False:
+                        node.answered_at = time.monotonic()
+                        self._take(node, group, current[fd], reply)
+                        current[fd] = next(it)
+                except StopIteration:  # every reply is in: the connection can be used again
+                    del waiting[fd]
+                    poller.unregister(fd)
+                    node.give(conn)
+                    node.silent_until = 0.0  # it answers
+                except Exception as exc:  # a reply not understood
+                    self._drop(waiting, poller, fd, exc)
+            if not waiting or last_look:
+                break
+            timeout = left(deadline)
+            # Past the deadline, one look at what has arrived: a thread that got no CPU for a
+            # while must not call late a reply that is waiting in its socket.
+            last_look = timeout <= 0
+            for fd, _events in poller.poll(max(0.0, timeout) * 1000):
+                try:
+                    waiting[fd][1].receive()
+                except OSError as exc:
+                    self._drop(waiting, poller, fd, exc)
+        for fd in list(waiting):
+            lost = ConnectionLost(f"no reply from {waiting[fd][0].name} before the deadline")
+            lost.timed_out = True
+            self._drop(waiting, poller, fd, lost)
 
-    def _retryable(self, call: Call, resend_unknown: bool) -> bool:
+    def _drop(self, waiting: dict, poller, fd: int, exc: BaseException) -> None:
+        node, conn, group, _ = waiting.pop(fd)
+        poller.unregister(fd)
+        conn.close()
+        now = time.monotonic()
+        if (
+            isinstance(exc, ConnectionLost)
+            and exc.timed_out
+            and now - node.answered_at > (self.timeout_s)
+        ):  # nothing at all from it for a whole timeout: not merely this host being slow
+            node.silent_until = now + self.silent_s
+        self._fail([c for c in group if c.state == "sent"], exc)
+        if self.wait_replicas:  # the writes' replication was never confirmed
+            self._unconfirmed(group, NotReplicated(
+                f"no answer from {node.name} to how many of FLOWAGG_REDIS_WAIT_REPLICAS="
+                f"{self.wait_replicas} replicas acknowledged in time ({exc})"))  # fmt: skip
+
+    def _take(self, node: Node, group: list[Call], what, reply) -> None:
+        """Record one reply: a call's, or that of a FUNCTION LOAD, ASKING or WAIT."""
+        if what == "load":
+            if isinstance(reply, ReplyError):
+                self._count(reply)
+                log.warning("redis: cannot load the functions on %s: %s", node.name, reply)
+            else:
+                node.functions_loaded = True
+            return
+        if what == "wait":
+            if isinstance(reply, ReplyError) or reply < self.wait_replicas:
+                got = reply if isinstance(reply, int) else 0
+                self._unconfirmed(group, NotReplicated(
+                    f"{got} of FLOWAGG_REDIS_WAIT_REPLICAS={self.wait_replicas} replicas of"
+                    f" {node.name} acknowledged in time"))  # fmt: skip
+            return
+        if what is None:  # ASKING's +OK
+            return
+        call: Call = what
+        call.ask = None
+        if not isinstance(reply, ReplyError):
+            call.state, call.reply, call.error = "done", reply, None
+            return
+        self._count(reply)
+        call.error = reply
+        call.state = "refused" if reply.refused else "unknown"
         if call.state == "unknown":
-            return resend_unknown
-        if call.state != "refused":
-            return False
-        return not isinstance(call.error, exceptions.OutOfMemoryError)
+            return
+        code = reply.code
+        if code in ("MOVED", "ASK"):
+            target = self.map.node_at(str(reply).split(" ")[2])
+            if code == "ASK":
+                call.ask = target
+            else:
+                self.map.moved(int(str(reply).split(" ")[1]), target)
+        elif "Function not found" in str(reply):
+            node.functions_loaded = False
+        elif code in ("CLUSTERDOWN", "READONLY", "MASTERDOWN"):
+            self.map.invalidate()
+
+    def _fail(self, calls: list[Call], exc: BaseException) -> None:
+        self._count(exc)
+        self.map.invalidate()
+        for call in calls:
+            call.state, call.error = "unknown", exc
+
+    def _unconfirmed(self, group: list[Call], exc: BaseException) -> None:
+        for call in group:
+            if call.write and call.state == "done":
+                call.state, call.error = "unknown", exc
 
     def _count(self, exc: BaseException) -> None:
         if self._on_error is not None:
@@ -293,82 +295,58 @@ class RedisClient:
 
     # -- operations ---------------------------------------------------------------------------
 
-    def health(self) -> list[str]:
-        """Failed checks: every primary must answer PING, and a cluster must say it is ok."""
+    def health(self, deadline: float) -> list[str]:
+        """Failed checks: every primary must answer PING, and a cluster must say it is ok. One
+        round for all of them, so a node that does not answer costs the time left once."""
         try:
-            topology = self.topology()
+            topology = self.topology(deadline)
         except NoNode as exc:
             return [f"redis: {exc}"]
         pings = [Call("", ("PING",), node=n) for n in topology.primaries]
-        self._round(topology, pings)
+        states = [Call("", ("CLUSTER", "INFO"), node=n) for n in topology.primaries]
+        self._round(topology, pings + (states if topology.cluster else []), deadline)
         problems = [
             f"redis: primary {call.node.name} does not answer: {call.error}"  # type: ignore[union-attr]
             for call in pings
             if call.state != "done"
         ]
-        answering = [call.node for call in pings if call.state == "done"]
-        if topology.cluster and answering:
-            state = Call("", ("CLUSTER", "INFO"), node=answering[0])
-            self._round(topology, [state])
-            if state.state != "done" or b"cluster_state:ok" not in state.reply:
-                problems.append(f"redis: cluster state is not ok according to {answering[0].name}")
+        answered = [c for c in states if c.state == "done"] if topology.cluster else []
+        if answered and b"cluster_state:ok" not in answered[0].reply:
+            problems.append(f"redis: cluster state is not ok according to {answered[0].node.name}")  # type: ignore[union-attr]
         return problems
 
     def close(self) -> None:
-        with self._lock:
-            for node in self._nodes.values():
-                node.pool.disconnect()
+        for node in self.map.nodes():
+            node.forget()
 
 
-# Errors that prove the call was not executed; the call may be sent again.
-REFUSALS = (
-    exceptions.AskError,  # and MovedError, its subclass
-    exceptions.TryAgainError,
-    exceptions.ClusterDownError,
-    exceptions.ReadOnlyError,
-    exceptions.BusyLoadingError,
-    exceptions.OutOfMemoryError,
-    exceptions.NoPermissionError,
-)
-
-
-SEND_BUFFER_BYTES = 4 * 1024 * 1024
-
-
-def _roomy(conn: redis.Connection) -> None:
-    """Give the connection a send buffer that holds a whole pipeline (the kernel caps it at
-    net.core.wmem_max), so that writing one primary's pipeline never waits for that primary to
-    execute it: with the default 16 KiB, the writes to the three primaries took turns."""
-    sock = conn._sock
-    if sock is not None and getattr(conn, "_flowagg_roomy", None) is not sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-        conn._flowagg_roomy = sock  # type: ignore[attr-defined]
-
-
-def _moves(exc: BaseException | None) -> bool:
-    """Whether an error may mean that the slot map changed (a failover, a resharding, a node
-    gone), so that it is worth asking again."""
-    return not isinstance(exc, exceptions.TryAgainError | exceptions.OutOfMemoryError) and not (
-        isinstance(exc, exceptions.ResponseError) and "Function not found" in str(exc)
-    )
+def _retryable(call: Call, resend_unknown: bool) -> bool:
+    if call.state == "unknown":
+        return resend_unknown and not isinstance(call.error, NotReplicated)
+    if call.state != "refused" or isinstance(call.error, Silent):
+        return False
+    return not (isinstance(call.error, ReplyError) and call.error.lasting)
 
 
 def error_kind(exc: BaseException) -> str:
     """A short, bounded name for a Redis error, for the errors metric."""
-    if isinstance(exc, exceptions.ResponseError) and "Function not found" in str(exc):
-        return "function_missing"
-    for cls, kind in (
-        (exceptions.MovedError, "moved"),
-        (exceptions.AskError, "ask"),
-        (exceptions.TryAgainError, "tryagain"),
-        (exceptions.ClusterDownError, "clusterdown"),
-        (exceptions.ReadOnlyError, "readonly"),
-        (exceptions.BusyLoadingError, "loading"),
-        (exceptions.OutOfMemoryError, "oom"),
-        (exceptions.TimeoutError, "timeout"),
-        (exceptions.ConnectionError, "connection"),
-        (exceptions.ResponseError, "response"),
-    ):
-        if isinstance(exc, cls):
-            return kind
+    if isinstance(exc, ReplyError):
+        if "Function not found" in str(exc):
+            return "function_missing"
+        code = exc.code
+        return code.lower() if code in KINDS else "response"
+    if isinstance(exc, NotReplicated):
+        return "not_replicated"
+    if isinstance(exc, Silent):
+        return "silent"
+    if isinstance(exc, TimeoutError | ConnectionLost):
+        return "timeout"
+    if isinstance(exc, OSError | NoNode):
+        return "connection"
     return "other"
+
+
+KINDS = frozenset(
+    ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "READONLY", "MASTERDOWN", "LOADING", "MISCONF"]
+    + ["NOREPLICAS", "OOM", "BUSY", "NOPERM"]
+)

@@ -1,81 +1,158 @@
-#!lua name=flowagg_v1
+#!lua name=flowagg_v2
 --[[
-The flowagg Redis Functions library, version 1 (flowagg/store/redis/layout.py names the keys).
-FUNCTION LOAD REPLACE loads it on every primary at start-up, and again on a primary that answers
-"Function not found" (one promoted by a failover that never had it).
+The flowagg Redis Functions library, version 2 (flowagg/store/redis/layout.py names the keys and
+draws the bucket list). FUNCTION LOAD REPLACE loads it on every primary before its first call, and
+again on a primary that answers "Function not found" (one promoted by a failover that never had it).
 
-Lua numbers are doubles, so no counter ever becomes one here: increments arrive as decimal
-strings and go to HINCRBY as they are. Each counter is two integer fields: the low part, kept in
-[0, 2^63-1], and the carry, the number of 2^63s on top of it. When adding to the low part
-overflows (HINCRBY answers "increment or decrement would overflow" and changes nothing), 2^63 is
-taken out of the low part first (low - 2^63 is in [-2^63, -1], a valid integer), the increment
-added (the result is in [0, 2^63-2]) and 1 added to the carry. Nothing is checked or converted in
-Lua beyond that, so the value is exact at any size.
-
-flowagg_v1_commit: one bucket of one hour, one group commit of an instance.
-  KEYS[1]       the bucket's hash                  flowagg:v1:h:{T}:H:b
-  KEYS[1 + i]   the marker of keyed request i      flowagg:v1:idem:{T}:H:b:<Idempotency-Key>
-  ARGV[1]       the markers' time to live, in seconds
-  ARGV[2..]     contributions: the unkeyed one first, then one per keyed request (in KEYS order).
-                Each is `n_small n_wide` followed by n_small times `key tx rx` (counters below
-                2^63) and n_wide times `key tx_low tx_carry rx_low rx_carry`; `key` is the flow
-                key's encoding, to which the tags t, T, r, R are prepended for the four fields.
-  A keyed contribution is applied only if its marker did not exist (SET NX with the TTL, in the
-  same call): a retry of a request applies the buckets it is missing and skips the others.
-  Returns the number of keyed contributions that were applied now (the rest were already).
+A bucket is a list: its header, then base chunks (packed rows summed by a compaction), then deltas
+(packed rows appended by commits). Nothing here reads a counter: packed rows are opaque bytes, summed
+by the instances (in C), so Redis does O(1) commands per bucket and step whatever the rows. The
+header is "<token>:<base chunks>"; only a compaction changes it, with a new token. The functions
+do as little as they can: a commit is about as cheap as a plain RPUSH and EXPIREAT sent in a
+MULTI (Lua's string functions, used on every commit, once cost more than the rest together).
 ]]
 
-local MINUS_2_63 = '-9223372036854775808'
-
--- Adds `low` (and `carry` 2^63s) to the counter of flow key `key` whose fields are tagged
--- `tag` (low part) and `carry_tag` (carry); the carry field is touched only when needed.
-local function add(hash, tag, carry_tag, key, low, carry)
-  local reply = redis.pcall('HINCRBY', hash, tag .. key, low)
-  if type(reply) == 'table' then
-    if not string.find(reply.err, 'overflow', 1, true) then
-      error(reply.err) -- not a counter (another program's key): the first write fails
-    end
-    redis.call('HINCRBY', hash, tag .. key, MINUS_2_63)
-    redis.call('HINCRBY', hash, tag .. key, low)
-    redis.call('HINCRBY', hash, carry_tag .. key, 1)
-  end
-  if carry ~= '0' then
-    redis.call('HINCRBY', hash, carry_tag .. key, carry)
-  end
-end
-
--- Applies the contribution starting at ARGV[at] if `apply`; returns the index after it.
-local function contribution(hash, args, at, apply)
-  local small, wide = tonumber(args[at]), tonumber(args[at + 1])
-  at = at + 2
-  if apply then
-    for i = at, at + 3 * small - 1, 3 do
-      add(hash, 't', 'T', args[i], args[i + 1], '0')
-      add(hash, 'r', 'R', args[i], args[i + 2], '0')
-    end
-  end
-  at = at + 3 * small
-  if apply then
-    for i = at, at + 5 * wide - 1, 5 do
-      add(hash, 't', 'T', args[i], args[i + 1], args[i + 2])
-      add(hash, 'r', 'R', args[i], args[i + 3], args[i + 4])
-    end
-  end
-  return at + 5 * wide
-end
-
+--[[
+flowagg_v2_commit: append one group commit's deltas to buckets of one slot (the same bucket of
+hours of one day: layout.py).
+  KEYS[1 .. k]   the bucket lists                 flowagg:v2:h:{T}:H:b
+  KEYS[k + 1 ..] the markers of the keyed deltas  flowagg:v2:idem:{T}:H:b:c:<Idempotency-Key>
+  ARGV[1]        k;  ARGV[2] the markers' time to live, in seconds
+  ARGV[3]        the header of a list this call creates
+  then for each list, in KEYS order: its EXPIREAT (unix seconds, from its hour alone; 0: none),
+  n, m, n unkeyed deltas, then m keyed deltas, the i-th keyed delta of the call going with the
+  i-th marker.
+A keyed delta is appended only if its marker did not exist, and the marker is set in the same
+call. Every check comes before the first write and no write can fail after it, so the deltas, the
+markers and the expiries are applied together or not at all. A list gets its expiry when it is
+created (the call that creates it sets it; a compaction sets it again), and an expiry already past
+deletes it at once: a late commit to an expired hour leaves nothing. Returns the lists' lengths.
+]]
 local function commit(keys, args)
-  local hash, ttl = keys[1], args[1]
-  local at = contribution(hash, args, 2, true)
-  local applied = 0
-  for i = 2, #keys do
-    local fresh = redis.call('SET', keys[i], '1', 'NX', 'EX', ttl)
-    if fresh then
-      applied = applied + 1
+  local k, ttl, header = tonumber(args[1]), args[2], args[3]
+  local at, marker, plan, fresh = 4, k + 1, {}, {}
+  for i = 1, k do
+    local expire_at, n, m = args[at], tonumber(args[at + 1]), tonumber(args[at + 2])
+    local push = {}
+    for j = at + 3, at + 2 + n do
+      push[#push + 1] = args[j]
     end
-    at = contribution(hash, args, at, fresh)
+    at = at + 3 + n
+    for j = at, at + m - 1 do
+      if redis.call('EXISTS', keys[marker]) == 0 then
+        push[#push + 1] = args[j]
+        fresh[#fresh + 1] = keys[marker]
+      end
+      marker = marker + 1
+    end
+    at = at + m
+    plan[i] = {expire_at, push}
   end
-  return applied
+  local lengths = {}
+  for i = 1, k do
+    local expire_at, push = plan[i][1], plan[i][2]
+    if #push == 0 then
+      lengths[i] = redis.call('LLEN', keys[i])
+    else
+      local length = redis.call('RPUSH', keys[i], unpack(push))
+      if length == #push then -- the list is new: its header goes first, and its expiry
+        length = redis.call('LPUSH', keys[i], header)
+        if expire_at ~= '0' then
+          redis.call('EXPIREAT', keys[i], expire_at)
+        end
+      end
+      lengths[i] = length
+    end
+  end
+  for _, key in ipairs(fresh) do
+    redis.call('SET', key, '1', 'EX', ttl)
+  end
+  return lengths
 end
 
-redis.register_function('flowagg_v1_commit', commit)
+--[[
+flowagg_v2_compact: fold the first elements of a bucket into new base chunks, if nothing else
+folded them since they were read.
+  KEYS[1]   the bucket list
+  ARGV[1]   the header as read;  ARGV[2] how many elements were read (header included)
+  ARGV[3]   the new header;  ARGV[4] EXPIREAT of the bucket (0: none)
+  ARGV[5 ..]  the new base chunks, in order
+The read elements are summed in the new chunks; elements appended since stay after them. A header
+that changed means another compaction came first: nothing is done, so a compaction applies at
+most once, and sending it again is safe. Returns 1 if applied, else 0.
+]]
+local function compact(keys, args)
+  local list = keys[1]
+  if redis.call('LINDEX', list, 0) ~= args[1] then
+    return 0
+  end
+  local head = {}
+  for i = #args, 5, -1 do
+    head[#head + 1] = args[i]
+  end
+  head[#head + 1] = args[3]
+  redis.call('LTRIM', list, tonumber(args[2]), -1)
+  redis.call('LPUSH', list, unpack(head))
+  if args[4] ~= '0' then
+    redis.call('EXPIREAT', list, args[4])
+  end
+  return 1
+end
+
+--[[
+flowagg_v2_read: a bucket for a reader that may hold it already (cache.py), in one atomic call.
+  KEYS[1]   the bucket list
+  ARGV[1]   the header the reader holds ('' for none);  ARGV[2] how many elements it holds
+Returns {0} if the list is that one still, {1, the elements after those} if only deltas were
+appended since, {2, every element} otherwise (another header: a compaction), {2} if there is no
+list.
+]]
+local function read(keys, args)
+  local list = keys[1]
+  local header = redis.call('LINDEX', list, 0)
+  if not header then
+    return {2}
+  end
+  local out
+  if header == args[1] then
+    local held = tonumber(args[2])
+    if redis.call('LLEN', list) == held then
+      return {0}
+    end
+    out = redis.call('LRANGE', list, held, -1)
+    table.insert(out, 1, 1)
+  else
+    out = redis.call('LRANGE', list, 0, -1)
+    table.insert(out, 1, 2)
+  end
+  return out
+end
+
+--[[
+flowagg_v2_hours: list hours in the set of hours that hold data, and forget the expired ones.
+  KEYS[1]   the set (a sorted set: member the hour, score its EXPIREAT, +inf for none)
+  ARGV      pairs of EXPIREAT (0: none) and hour
+An hour whose expiry has passed on this primary's clock is not listed, and every hour whose expiry
+has passed is removed. Returns {hours listed, hours removed}.
+]]
+local function hours(keys, args)
+  local now = tonumber(redis.call('TIME')[1])
+  local listed = 0
+  for i = 1, #args, 2 do
+    local expire_at = tonumber(args[i])
+    if expire_at == 0 then
+      redis.call('ZADD', keys[1], '+inf', args[i + 1])
+      listed = listed + 1
+    elseif expire_at > now then
+      redis.call('ZADD', keys[1], args[i], args[i + 1])
+      listed = listed + 1
+    end
+  end
+  local removed = redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', '(' .. now)
+  return {listed, removed}
+end
+
+redis.register_function('flowagg_v2_commit', commit)
+redis.register_function('flowagg_v2_compact', compact)
+redis.register_function('flowagg_v2_hours', hours)
+redis.register_function{function_name = 'flowagg_v2_read', callback = read, flags = {'no-writes'}}

@@ -1,54 +1,68 @@
-"""Where the Redis store keeps things: keys, buckets, the field encoding of a flow key, counters.
+"""Where the Redis store keeps things: keys, buckets, packed rows, expiry (versioned).
 
 Every key carries the layout's version in its prefix, so a new layout never reads an old one::
 
-    flowagg:v1:h:{T}:H:b               hash: bucket b of hour H, its counters (below)
-    flowagg:v1:idem:{T}:H:b:<key>      string: the Idempotency-Key <key> is applied to bucket b
-    flowagg:v1:key:<key>               string: "<fingerprint>:<flows>" of the request <key> names
-    flowagg:v1:{meta}:hours            set: the hours that hold data (decimal strings)
+    flowagg:v2:h:{T}:H:b                  list: bucket b of hour H (below)
+    flowagg:v2:idem:{T}:H:b:c:<key>       string: chunk c of request <key> is in bucket b of H
+    flowagg:v2:key:<key>                  string: "<BLAKE2b-128 of the flows>:<N>" of request <key>
+    flowagg:v2:{meta}:hours               sorted set: the hours that may hold data, scored by expiry
+    flowagg:v2:{meta}:layout              string: version, buckets and retention of the data
 
 The hash tag ``{T}`` puts a bucket and its idempotency markers in one slot, so one function
-call updates both atomically. An hour is spread over ``buckets`` hashes by a stable hash of the
-flow key (crc32, never Python's ``hash()``), and the buckets over the cluster: ``T`` is a short
-string whose slot is the bucket's, and bucket b of hour H takes slot ``(crc32(H) + b * 16384 /
-buckets) % 16384``, so an hour's buckets sit at even intervals of the slot space and each primary
-(which ``redis-cli --cluster create`` gives an equal range of slots) holds its share of them, 5
-or 6 of 16 over 3 primaries. A tag ``{H:b}`` would leave that to chance: hour 5's 16 buckets
-fell 8, 4 and 4 on three primaries.
+call updates both atomically. An hour is spread over ``buckets`` lists by the crc32 of the flow
+key (the same in every instance, never Python's ``hash()``), and the buckets over the cluster: ``T``
+is a short string whose slot is the bucket's, and bucket b of hour H takes slot ``(crc32(D) + b *
+16384 / buckets) % 16384`` where D is the hour's day (H // 24), so an hour's buckets sit at even
+intervals of the slot space and each primary (which ``redis-cli --cluster create`` gives an equal
+range of slots) holds its share of them, 5 or 6 of 16 over 3 primaries. A tag ``{H:b}`` would
+leave that to chance: hour 5's 16 buckets fell 8, 4 and 4 on three primaries. Bucket b of every
+hour of a day shares one slot, so a commit of flows spread over a day writes bucket b of all its
+hours in one call; days move the offset, so data spreads over the slot space as days pass.
 
-A flow key's three names are encoded unambiguously, never joined by a separator: each is
-written as its length in characters, ``:``, then the name itself, so ``("a", "b:c")`` and
-``("a:b", "c")`` are ``1:a3:b:c1:v`` and ``3:a:b1:c1:v``. A reader takes the length first and then
-exactly that many characters, whatever they are. A hash field is one tag character then the key's
-encoding; the tag names the counter part:
+A bucket is a Redis list of packed blobs (the native ``table`` module writes and sums them; see
+``flowagg/store/native/packed.c`` for the bytes)::
 
-    t  bytes_tx, low part (0 .. 2**63-1)      T  bytes_tx, carry: how many 2**63 on top of it
-    r  bytes_rx, low part                     R  bytes_rx, carry
+    [header, base chunk 1 .. base chunk k, delta 1, delta 2, ...]      header: "<token>:<k>"
 
-A counter's value is ``carry * 2**63 + low``, exact at any size (the functions keep ``low`` in
-range and move overflow into the carry; see functions.lua).
+Each group commit appends one delta per bucket it touches (its sums of the bucket's keys), so Redis
+does a few commands per bucket and commit, whatever the number of keys: it never reads a counter.
+A reader sums every element but the header. A compaction (compaction.py) sums the elements it
+read into new base chunks and swaps them in, atomically and at most once (functions.lua). Packed
+counters are exact to 2**128, beyond anything a service can sum.
+
+Expiry. With ``FLOWAGG_RETENTION_HOURS`` = R, every write to a bucket of hour H sets its
+``EXPIREAT`` to the end of hour H + R plus a margin (``expire_at``): from the hour alone, so no
+instance's clock decides when data goes, and Redis deletes it. The margin covers clocks of the
+primaries that differ a little; instances answer ``[]`` for an hour below the window anyway.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import zlib
 from binascii import crc_hqx
-from collections.abc import Iterable
 
-from flowagg.store.base import Row
-
-VERSION = 1
+VERSION = 2
 PREFIX = f"flowagg:v{VERSION}:"
 LIBRARY = f"flowagg_v{VERSION}"  # the Redis Functions library, loaded by this versioned name
 COMMIT_FUNCTION = f"{LIBRARY}_commit"
+COMPACT_FUNCTION = f"{LIBRARY}_compact"
+READ_FUNCTION = f"{LIBRARY}_read"
+HOURS_FUNCTION = f"{LIBRARY}_hours"
 HOURS_KEY = f"{PREFIX}{{meta}}:hours"
+LAYOUT_KEY = f"{PREFIX}{{meta}}:layout"
 
-LOW = 2**63  # a counter's low part stays below this; the carry counts multiples of it
-TAGS = {ord("t"): (0, 0), ord("T"): (0, 1), ord("r"): (1, 0), ord("R"): (1, 1)}  # (counter, carry)
+# Packed blobs: at most this many rows, and bytes (but for a single row), in one chunk. Part of
+# the layout: a keyed request's retry must cut its rows into the same chunks.
+CHUNK_ROWS = 2_000
+CHUNK_BYTES = 256 * 1024
+SECONDS_PER_HOUR = 3600
+EXPIRY_MARGIN_S = 600  # how long a bucket outlives its hour's window
 
 
 SLOTS = 16384  # Redis Cluster's hash slots
+HOURS_PER_SLOT = 24  # hours whose bucket b shares a slot
 
 
 @functools.cache
@@ -80,77 +94,64 @@ _ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 def slot_of(hour: int, bucket: int, buckets: int) -> int:
-    """The slot of bucket ``bucket`` of ``hour``: even intervals from an hour's own offset."""
-    return (zlib.crc32(str(hour).encode()) + bucket * SLOTS // buckets) % SLOTS
+    """The slot of bucket ``bucket`` of ``hour``: even intervals from an offset of the hour's
+    day, so that bucket b of every hour of a day shares one slot (one call writes them all)."""
+    return (zlib.crc32(str(hour // HOURS_PER_SLOT).encode()) + bucket * SLOTS // buckets) % SLOTS
 
 
+@functools.lru_cache(maxsize=16384)
 def bucket_key(hour: int, bucket: int, buckets: int) -> str:
     return f"{PREFIX}h:{{{slot_tags()[slot_of(hour, bucket, buckets)]}}}:{hour}:{bucket}"
 
 
-def marker_key(hour: int, bucket: int, buckets: int, idempotency_key: str) -> str:
+def marker_key(hour: int, bucket: int, buckets: int, chunk: int, idempotency_key: str) -> str:
     tag = slot_tags()[slot_of(hour, bucket, buckets)]
-    return f"{PREFIX}idem:{{{tag}}}:{hour}:{bucket}:{idempotency_key}"
+    return f"{PREFIX}idem:{{{tag}}}:{hour}:{bucket}:{chunk}:{idempotency_key}"
 
 
 def request_key(idempotency_key: str) -> str:
     return f"{PREFIX}key:{idempotency_key}"
 
 
-def encode_names(src: str, dest: str, vpc: str) -> str:
-    """The unambiguous encoding of a flow key (lengths in characters, then the names)."""
-    return f"{len(src)}:{src}{len(dest)}:{dest}{len(vpc)}:{vpc}"
+def new_header(base_chunks: int = 0) -> str:
+    """A bucket list's header: a token no other header has, and how many base chunks follow."""
+    return f"{os.urandom(8).hex()}:{base_chunks}"
 
 
-def decode_names(encoded: str) -> tuple[str, str, str]:
-    """The three names of ``encode_names``; ValueError if ``encoded`` is not such an encoding."""
-    names = []
-    at = 0
-    for _ in range(3):
-        colon = encoded.find(":", at)
-        digits = encoded[at:colon]
-        if colon < 0 or not (digits.isascii() and digits.isdigit()):
-            raise ValueError(f"not a flow key encoding: {encoded!r}")
-        end = colon + 1 + int(digits)
-        if end > len(encoded):
-            raise ValueError(f"not a flow key encoding: {encoded!r}")
-        names.append(encoded[colon + 1 : end])
-        at = end
-    if at != len(encoded):
-        raise ValueError(f"not a flow key encoding: {encoded!r}")
-    return names[0], names[1], names[2]
+def base_chunks(header: bytes) -> int:
+    """How many base chunks follow a header."""
+    return int(header.rpartition(b":")[2])
 
 
-def bucket_of(encoded: str, buckets: int) -> int:
-    """The bucket of a flow key: crc32 of its encoding (UTF-8) modulo the number of buckets."""
-    return zlib.crc32(encoded.encode()) % buckets
+def layout_record(buckets: int, retention_hours: int | None) -> str:
+    """What the data's layout is, as recorded in Redis and compared by every instance."""
+    retention = "none" if retention_hours is None else str(retention_hours)
+    return f"version={VERSION} buckets={buckets} retention={retention}"
 
 
-def split_counter(value: int) -> tuple[int, int]:
-    """``value`` as (low, carry) with ``value == carry * 2**63 + low`` and ``0 <= low < 2**63``."""
-    carry, low = divmod(value, LOW)
-    return low, carry
+def expire_at(hour: int, retention_hours: int | None) -> int:
+    """When bucket keys of ``hour`` expire (unix seconds), 0 for never: the end of the last hour
+    whose window still holds ``hour``, plus the margin."""
+    if retention_hours is None:
+        return 0
+    return (hour + retention_hours + 1) * SECONDS_PER_HOUR + EXPIRY_MARGIN_S
 
 
-def rows_of(hashes: Iterable[dict[bytes, bytes]]) -> list[Row]:
-    """Sum the buckets' HGETALL replies (RESP3 maps of field to value) into rows, exactly.
-
-    Rows are sorted by their names (code points, src_app then dest_app then vpc_id): a stable
-    order that every instance answers alike, whatever order the flows arrived in.
-    """
-    sums: dict[str, list[int]] = {}
-    for reply in hashes:
-        for field, value in reply.items():
-            counter, carry = TAGS[field[0]]
-            encoded = field[1:].decode()
-            entry = sums.get(encoded)
-            if entry is None:
-                entry = sums[encoded] = [0, 0]
-            entry[counter] += int(value) * LOW if carry else int(value)
-    rows = [(*decode_names(encoded), tx, rx) for encoded, (tx, rx) in sums.items()]
-    rows.sort(key=_names)
-    return rows
+def encode_key(src: str, dest: str, vpc: str) -> bytes:
+    """A flow key as packed rows write it: each name's byte length (a varint), then its UTF-8."""
+    out = bytearray()
+    for name in (src, dest, vpc):
+        data = name.encode()
+        n = len(data)
+        while n >= 0x80:
+            out.append(n & 0x7F | 0x80)
+            n >>= 7
+        out.append(n)
+        out += data
+    return bytes(out)
 
 
-def _names(row: Row) -> tuple[str, str, str]:
-    return row[0], row[1], row[2]
+def bucket_of(src: str, dest: str, vpc: str, buckets: int) -> int:
+    """The bucket of a flow key: crc32 of its encoding modulo the number of buckets (as
+    ``HourTables.pack_buckets`` computes it)."""
+    return zlib.crc32(encode_key(src, dest, vpc)) % buckets

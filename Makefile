@@ -14,7 +14,7 @@ THREADS ?= 8
 NATIVE_SOURCES := $(wildcard flowagg/store/native/*.c flowagg/store/native/*.h)
 NATIVE := $(VENV)/.native-built
 
-.PHONY: run test chromium redis-tools bench lint check-native clean
+.PHONY: run test test-tools bench lint check-native clean
 
 $(BIN)/activate: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,36 +40,28 @@ run: $(NATIVE)
 	echo "waitress-serve --host=$(HOST) --port=$(PORT) --threads=$(THREADS) $$flags wsgi:app" && \
 	exec $(BIN)/waitress-serve --host=$(HOST) --port=$(PORT) --threads=$(THREADS) $$flags wsgi:app
 
-# The page's tests drive Debian's chromium (tests/test_page.py), tests/test_nginx.py Debian's
-# nginx and openssl: installed here when missing and we may (root with apt-get); without them
-# those tests fail, saying so. (Where services may start, Debian's package also starts its own
-# nginx on port 80; the tests start theirs.)
-CHROMIUM := /usr/bin/chromium
+# What the tests drive for real, from Debian's packages (command:package): chromium for the
+# page (tests/test_page.py), nginx and openssl (tests/test_nginx.py), haproxy and systemd-analyze
+# (tests/test_deploy.py; the unit's checks are skipped without systemd), redis-server and
+# redis-cli for a real Redis Cluster, faketime for instances whose clocks are wrong
+# (tests/test_redis_clock.py). The missing ones are installed in one apt-get when we may (root
+# with apt-get); otherwise the tests that need them fail, saying so. (Where services may start,
+# Debian's packages also start their own nginx, haproxy and redis; the tests start theirs.)
+TEST_TOOLS := chromium:chromium nginx:nginx openssl:openssl haproxy:haproxy \
+	systemd-analyze:systemd redis-server:redis-server redis-cli:redis-tools faketime:faketime
 
-test: $(NATIVE) chromium redis-tools
-	@{ command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null && command -v openssl >/dev/null || \
-		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		{ apt-get update -qq && apt-get install -y -qq nginx openssl; } >/dev/null 2>&1; } || \
-		echo "nginx or openssl is not installed: tests/test_nginx.py will fail"
+test: $(NATIVE) test-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-chromium:
-	@test -x $(CHROMIUM) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
-		>/dev/null 2>&1; } || echo "chromium is not installed: the page tests will fail"
-
-# Debian's redis-server and redis-tools: the Redis store's tests start a real cluster with them,
-# and run instances whose clocks are wrong under Debian's faketime. Installed here when missing
-# and we may (root with apt-get); without them those tests fail.
-redis-tools:
-	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || \
-		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		{ apt-get update -qq && apt-get install -y -qq redis-server redis-tools; } >/dev/null 2>&1; } || \
-		echo "redis-server cannot be installed: the Redis store's tests will fail"
-	@command -v faketime >/dev/null || \
-		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-		{ apt-get update -qq && apt-get install -y -qq faketime; } >/dev/null 2>&1; } || \
-		echo "faketime cannot be installed: tests/test_redis_clock.py will fail"
+test-tools:
+	@missing=; for tool in $(TEST_TOOLS); do \
+		command -v $${tool%%:*} >/dev/null || [ -x /usr/sbin/$${tool%%:*} ] || \
+			missing="$$missing $${tool#*:}"; \
+	done; \
+	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		  apt-get -o DPkg::Lock::Timeout=300 install -y -qq $$missing; } >/dev/null 2>&1; } || \
+		echo "not installed:$$missing; the tests that drive them will fail (docs/testing.md)"
 
 # wrk is a Debian package: installed here when missing and we may (root with apt-get);
 # without it the harness drives the servers with locust instead.

@@ -148,7 +148,7 @@ class Setting:
     name: str  # environment variable and config key
     default: Any
     parse: Callable[[Any], Any]
-    help: str  # one line for the README's table
+    help: str  # one line for docs/configuration.md's table
 
 
 SETTINGS = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -62,6 +62,12 @@ class Metrics:
         )
         for reason in REJECT_REASONS:  # export zeros, so rates work from the first scrape
             self.requests_rejected.labels(reason)
+        self.ingest_seconds = Histogram(
+            "flowagg_ingest_duration_seconds",
+            "POST /flows latency of accepted requests, from arrival to the answer",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.read_seconds = Histogram(
             "flowagg_read_duration_seconds",
             "GET /flows latency, from arrival to encoded response",
@@ -101,6 +107,10 @@ class Metrics:
             buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
             registry=r,
         )
+
+        # The process's resident memory, CPU time and open files (process_*), read from /proc
+        # at scrape time.
+        ProcessCollector(registry=r)
 
         self._redis: RedisMetrics | None = None
 

@@ -6,7 +6,7 @@
 One ``waitress-serve --threads=8 wsgi:app`` on 127.0.0.1 with the default configuration. Every
 hour gets the same ``--keys`` keys (``loadtest.drivers``: 1,000 src_apps, ``keys / 1000``
 dest_apps), POSTed in bodies of 10,000 flows, so 168 hours hold 168 x keys key-hours (100,000
-keys: 16.8 million, about 3 GB of server RSS at the README's 173 bytes each). Then each query,
+keys: 16.8 million, about 3 GB of server RSS at 173 bytes each, as measured then). Then each query,
 over the newest 1, 24 and 168 hours, runs ``--repeats`` times one after another on one keep-alive
 connection, timed from the request's first byte to the answer's last; the table gives the median
 and the min-max. Every answer is checked against the totals the load implies.

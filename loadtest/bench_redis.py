@@ -1,7 +1,7 @@
 """Benchmark of the Redis store against the embedded store: everything scale-out is measured by.
 
-    flock /tmp/flowagg-bench.lock .venv/bin/python -m loadtest.bench_redis          # ~15 min
-    flock /tmp/flowagg-bench.lock .venv/bin/python -m loadtest.bench_redis --quick  # ~4 min
+    .venv/bin/python -m loadtest.bench_redis          # ~15 min
+    .venv/bin/python -m loadtest.bench_redis --quick  # ~4 min
 
 Everything runs on 127.0.0.1 in one run, so the ratios compare like with like. Two Redis
 backends are started once: ``node``, one redis-server without an append-only file, and

@@ -1,6 +1,6 @@
 """Benchmark: ``flowagg ship`` from a 1,000,000-record .gz file to a local server.
 
-    flock /tmp/flowagg-bench.lock .venv/bin/python -m loadtest.bench_ship [--records 1000000]
+    .venv/bin/python -m loadtest.bench_ship [--records 1000000]
         [--shapes vpc,wide,scan] [--rounds 1] [--callgrind 20000]
 
 For each shape of log, a .gz file of ``--records`` records in the default format and a mapping

@@ -1,5 +1,5 @@
-"""The shipped nginx.conf in front of the service: a real nginx from Debian's package, over TLS,
-in front of a waitress started by ``make run``.
+"""The shipped deploy/nginx.conf in front of the service: a real nginx from Debian's package,
+over TLS, in front of a waitress started by ``make run``.
 
 The configuration is the repository's own file with only its ports, paths and certificate
 changed (``render``). Against it: 200 slowloris sockets and 8 clients that pipeline GETs and never
@@ -44,7 +44,7 @@ def test_nginx_and_openssl_are_installed():
     assert NGINX is not None and OPENSSL is not None, "nginx and openssl are needed"
 
 
-CONF = ROOT / "nginx.conf"
+CONF = ROOT / "deploy" / "nginx.conf"
 CLIENT = "127.0.0.1"  # the well-behaved client's address
 ATTACKER = "127.0.0.2"  # the hostile clients' address
 GREEDY = "127.0.0.3"  # a client that holds many requests at once

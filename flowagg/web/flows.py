@@ -33,6 +33,7 @@ def _ms(setting: str) -> float:
 
 @bp.post("/flows")
 def post_flows() -> Response:
+    started = time.perf_counter()
     # read_body() reads the raw body whatever the Content-Type (curl -d sends a form type) and
     # raises 413 before reading when Content-Length exceeds MAX_CONTENT_LENGTH.
     environ = request.environ
@@ -57,6 +58,7 @@ def post_flows() -> Response:
     metrics = get_metrics(app)
     metrics.requests_accepted.inc()
     metrics.flows_accepted.inc(accepted)
+    metrics.ingest_seconds.observe(time.perf_counter() - started)
     note_accepted(accepted, environ)
     response = json_response({"accepted": accepted})
     response.headers[WINDOW_HEADER] = str(app.extensions["flowagg.idempotency_window"])

@@ -42,6 +42,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -216,12 +217,28 @@ def bench(opts, log: Callable[[str], None]) -> Results:
 
 
 def checkout(rev: str, into: Path) -> Path:
-    """The service's files at git revision ``rev``, extracted into ``into`` (see --compare)."""
+    """The service's files at git revision ``rev``, extracted into ``into`` (see --compare), with
+    its native tables built in place where it has them."""
     into.mkdir(parents=True)
     archive = subprocess.run(
-        ["git", "archive", rev, "flowagg", "wsgi.py"], cwd=ROOT, capture_output=True, check=True
+        ["git", "archive", rev, "flowagg", "wsgi.py", "pyproject.toml"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    if (into / "flowagg" / "store" / "native").is_dir():
+        # pip builds the extension as `make` does (its own setuptools, the tree's flags) into a
+        # scratch directory; only the module is kept, beside the tree's sources.
+        with tempfile.TemporaryDirectory() as built:
+            subprocess.run(
+                [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile"]
+                + ["--target", built, str(into)],
+                env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                check=True,
+            )
+            for module in Path(built, "flowagg", "store").glob("table*.so"):
+                shutil.copy2(module, into / "flowagg" / "store")
     return into
 
 

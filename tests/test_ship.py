@@ -90,8 +90,8 @@ def test_both_formats_give_the_model_and_a_second_run_sends_nothing(server, logs
 
 def test_sigkill_at_random_moments_ships_each_record_once(server, logs):
     cwd, model = logs
-    seed = int(os.environ.get("FLOWAGG_TEST_SEED", random.randrange(2**32)))
-    print(f"seed {seed} (FLOWAGG_TEST_SEED={seed} reproduces the kill times)")
+    seed = int(os.environ.get("SHIP_TEST_SEED", random.randrange(2**32)))
+    print(f"seed {seed} (SHIP_TEST_SEED={seed} reproduces the kill times)")
     rng = random.Random(seed)
     args = ["--map", "map.txt", "--batch", "5", "a.log", "b.log.gz"]
     state = cwd / "flowagg-ship.state"

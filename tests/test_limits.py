@@ -251,11 +251,10 @@ def test_new_keys_past_the_limit_are_refused_whole_and_increments_still_accepted
     assert (ready.status_code, ready.get_json()) == (200, {"status": "ready"})
 
 
-def test_concurrent_requests_never_pass_the_key_limit_together():
-    """Writers each post batches of new keys at once; whatever the interleaving, the keys
-    held never exceed the limit, and every admitted batch was applied whole."""
-    limit, writers, rounds = 500, 6, 20
-    store = PartitionedStore(partitions=4, max_keys=limit)
+def race_writers(store, rounds: int, batch, writers: int = 6) -> tuple[list[int], list[int]]:
+    """``writers`` threads, released together, each ingest ``batch(writer, round)`` for
+    ``rounds`` rounds; returns the sizes of the batches admitted and of those refused by a
+    limit, once every admitted one is applied."""
     start = threading.Barrier(writers, timeout=WAIT_TIMEOUT)
     admitted: list[int] = []
     refused: list[int] = []
@@ -263,12 +262,12 @@ def test_concurrent_requests_never_pass_the_key_limit_together():
     def write(w: int) -> None:
         start.wait()
         for r in range(rounds):
-            batch = [Flow(f"w{w}-r{r}-k{k}", "d", "v", 1, 1, k % 7) for k in range(10)]
+            flows = batch(w, r)
             try:
-                store.ingest(batch, timeout=WAIT_TIMEOUT)
-                admitted.append(len(batch))
-            except KeyLimit:
-                refused.append(len(batch))
+                store.ingest(flows, timeout=WAIT_TIMEOUT)
+                admitted.append(len(flows))
+            except (KeyLimit, MemoryLimit):
+                refused.append(len(flows))
 
     threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
     try:
@@ -277,7 +276,19 @@ def test_concurrent_requests_never_pass_the_key_limit_together():
     finally:
         for t in threads:
             t.join(WAIT_TIMEOUT * 3)
+    assert not any(t.is_alive() for t in threads), "a writer did not finish"
     store.flush(WAIT_TIMEOUT)
+    return admitted, refused
+
+
+def test_concurrent_requests_never_pass_the_key_limit_together():
+    """Writers each post batches of new keys at once; whatever the interleaving, the keys
+    held never exceed the limit, and every admitted batch was applied whole."""
+    limit = 500
+    store = PartitionedStore(partitions=4, max_keys=limit)
+    admitted, refused = race_writers(
+        store, 20, lambda w, r: [Flow(f"w{w}-r{r}-k{k}", "d", "v", 1, 1, k % 7) for k in range(10)]
+    )
     held = store.stats().keys
     assert held <= limit
     assert held == sum(admitted)  # every admitted batch whole, nothing of a refused one
@@ -346,30 +357,13 @@ def test_new_keys_past_the_memory_limit_are_refused_whole_and_increments_still_a
 def test_concurrent_requests_never_pass_the_memory_limit_together():
     """Writers post batches of new keys over several hours at once; the tables never hold more
     than the limit, every admitted batch is applied whole, and refusals come near it."""
-    limit, writers, rounds = 2 * MIB, 6, 40
+    limit = 2 * MIB
     store = PartitionedStore(partitions=4, max_memory_bytes=limit)
-    start = threading.Barrier(writers, timeout=WAIT_TIMEOUT)
-    admitted: list[int] = []
-    refused: list[int] = []
-
-    def write(w: int) -> None:
-        start.wait()
-        for r in range(rounds):
-            batch = [Flow(f"w{w}-r{r}-k{k}", "d" * 30, "v", 1, 1, k % 7) for k in range(200)]
-            try:
-                store.ingest(batch, timeout=WAIT_TIMEOUT)
-                admitted.append(len(batch))
-            except MemoryLimit:
-                refused.append(len(batch))
-
-    threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
-    try:
-        for t in threads:
-            t.start()
-    finally:
-        for t in threads:
-            t.join(WAIT_TIMEOUT * 3)
-    store.flush(WAIT_TIMEOUT)
+    admitted, refused = race_writers(
+        store,
+        40,
+        lambda w, r: [Flow(f"w{w}-r{r}-k{k}", "d" * 30, "v", 1, 1, k % 7) for k in range(200)],
+    )
     stats = store.stats()
     assert stats.memory_bytes <= limit
     assert stats.keys == sum(admitted)  # every admitted batch whole, nothing of a refused one

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import WAIT_TIMEOUT
+from tests.conftest import flow as record
 from tests.serverproc import WAITRESS, ServerProcess
 
 MIB = 2**20
@@ -34,16 +35,8 @@ REFUSAL = re.compile(
 
 
 def flow(src: str, dest: str, vpc: str, hour: int, tx: int = 1, rx: int = 2) -> str:
-    return json.dumps(
-        {
-            "src_app": src,
-            "dest_app": dest,
-            "vpc_id": vpc,
-            "bytes_tx": tx,
-            "bytes_rx": rx,
-            "hour": hour,
-        }
-    )
+    """One record's JSON, for bodies written by hand."""
+    return json.dumps(record(src, dest, vpc, tx, rx, hour))
 
 
 def body(flows: Iterator[str]) -> bytes:
